@@ -1,0 +1,3 @@
+from chargen.cli import cli
+
+cli()

@@ -1,0 +1,114 @@
+"""The character model: embedding -> stacked recurrent layers -> logits.
+
+y_t = W_hy h_t + b_y on top of the last recurrent layer, where h_t comes from the cells in
+`cells.py` run by the loop in `recurrent.py`. The model is a registered Keras model, so a saved
+`.keras` file loads back with `keras.saving.load_model` alone.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from chargen.cells import CELLS, make_cell
+from chargen.recurrent import Recurrent
+
+
+@keras.saving.register_keras_serializable(package="chargen")
+class CharModel(keras.Model):
+    """Next-character model.
+
+    Args:
+        vocab_size: number of distinct characters.
+        cell: "rnn", "gru" or "lstm".
+        num_layers: recurrent layers stacked on each other.
+        units: hidden size of every recurrent layer.
+        embedding_dim: size of the learned character vectors fed to the first layer.
+        dropout: dropout rate between layers (and before the output layer) while training.
+
+    Call arguments:
+        ids: `(batch, time)` int character ids.
+        states: one state list per layer (see `initial_states`), or None for zeros.
+        training: enables dropout.
+        through_time: True for backpropagation through time, False for teacher forcing.
+
+    Returns `(logits, final_states)`: logits `(batch, time, vocab_size)`.
+
+    Example:
+        >>> model = CharModel(vocab_size=40, cell="gru", num_layers=2, units=64)
+        >>> logits, states = model(ops.zeros((8, 100), dtype="int32"))
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        num_layers: int = 2,
+        units: int = 256,
+        embedding_dim: int = 64,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell; choose one of {', '.join(CELLS)}. Received: cell={cell!r}")
+        if num_layers < 1 or units < 1 or embedding_dim < 1 or vocab_size < 1:
+            raise ValueError(
+                "vocab_size, num_layers, units and embedding_dim must be positive. "
+                f"Received: vocab_size={vocab_size}, num_layers={num_layers}, units={units}, "
+                f"embedding_dim={embedding_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        self.vocab_size, self.cell_kind, self.num_layers = vocab_size, cell, num_layers
+        self.units, self.embedding_dim, self.dropout_rate = units, embedding_dim, dropout
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.recurrent_layers = [
+            Recurrent(make_cell(cell, units, name=f"{cell}_cell_{i}"), name=f"recurrent_{i}")
+            for i in range(num_layers)
+        ]
+        self.dropout = keras.layers.Dropout(dropout, name="dropout")
+        self.head = keras.layers.Dense(vocab_size, name="logits")
+
+    def build(self, input_shape=None):
+        self.embedding.build((None, None))
+        features = self.embedding_dim
+        for layer in self.recurrent_layers:
+            layer.build((None, None, features))
+            features = self.units
+        self.head.build((None, None, features))
+        self.built = True
+
+    def initial_states(self, batch_size: int):
+        """Zero states: a list per layer of `(batch_size, units)` tensors."""
+        return [layer.cell.get_initial_state(batch_size) for layer in self.recurrent_layers]
+
+    def call(self, ids, states=None, training=False, through_time=True):
+        x = self.embedding(ids)  # (batch, time, embedding_dim)
+        if states is None:
+            states = [None] * self.num_layers
+        final_states = []
+        for layer, state in zip(self.recurrent_layers, states):
+            x, final = layer(x, initial_state=state, training=training, through_time=through_time)
+            x = self.dropout(x, training=training)  # (batch, time, units)
+            final_states.append(final)
+        return self.head(x), final_states  # (batch, time, vocab_size)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "cell": self.cell_kind,
+            "num_layers": self.num_layers,
+            "units": self.units,
+            "embedding_dim": self.embedding_dim,
+            "dropout": self.dropout_rate,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def count_parameters(model: CharModel) -> int:
+    return int(sum(ops.size(w) for w in model.weights))
