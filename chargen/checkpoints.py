@@ -1,0 +1,289 @@
+"""Run folders: everything a trained model needs to be sampled, evaluated and resumed.
+
+    checkpoints/<run>/
+      config.json        hyperparameters, versions, corpus size and sha256 (written once)
+      vocab.json         the characters, in id order
+      metrics.jsonl      one JSON line per evaluation
+      pointers.json      which snapshot is the last and which the best
+      snapshots/step-0001200-1a2b3c/
+        model.keras      the Keras model (loaded with safe mode on)
+        optimizer.npz    Adam's variables, in order
+        progress.json    step, characters seen, best and last validation bits per character
+        states.npz       the carried recurrent states (stateful runs only)
+
+Every write is atomic: a snapshot is written into a temporary folder and renamed into place, and
+the small JSON files are written to a temporary file and renamed. A process killed at any moment
+leaves either the previous snapshot or the new one, never half of one; pointers.json is updated
+only after its snapshot is complete, and a run whose pointers are lost falls back to its newest
+complete snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from chargen.errors import ChargenError
+from chargen.vocab import Vocabulary
+
+FORMAT_VERSION = 1
+SNAPSHOTS = "snapshots"
+_TEMPORARY_PREFIX = ".tmp-"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path, what: str, run: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChargenError(f"run {run} has no {what} ({Path(path).name}); it is not a complete chargen run") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ChargenError(f"run {run} has a damaged {what} ({Path(path).name}: {error}); delete the run or restore the file") from None
+
+
+class Run:
+    """One run folder. Create it with `Run.create`, open an existing one with `Run.open`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(cls, path: Path, config: dict, vocab: Vocabulary) -> Run:
+        """Make a new run folder with its config and vocabulary; an existing run is never overwritten."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise ChargenError(f"run folder {path} already exists; pass --resume to continue it or choose another --run-name")
+        try:
+            (path / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ChargenError(f"cannot create the run folder {path} ({error.strerror}); choose another --checkpoint-dir") from None
+        run = cls(path)
+        atomic_write_text(path / "vocab.json", vocab.to_json())
+        atomic_write_text(path / "config.json", json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> Run:
+        """An existing run; checks that it is a chargen run this version can read."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ChargenError(f"{path} is not a chargen run (no config.json); train one with `chargen train`")
+        run = cls(path)
+        version = run.config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ChargenError(
+                f"run {path} was written in checkpoint format {version!r}, and this chargen reads format "
+                f"{FORMAT_VERSION}; use the chargen version that wrote it (see its config.json)"
+            )
+        return run
+
+    @property
+    def config(self) -> dict:
+        return _read_json(self.path / "config.json", "config", self.path)
+
+    def vocabulary(self) -> Vocabulary:
+        try:
+            return Vocabulary.from_json((self.path / "vocab.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ChargenError(f"run {self.path} has no vocab.json; it is not a complete chargen run") from None
+        except ChargenError as error:
+            raise ChargenError(f"run {self.path}: {error}") from None
+
+    # Snapshots ---------------------------------------------------------------------------------
+
+    def save_snapshot(self, model, optimizer, progress: dict, states=None, best: bool = False) -> Path:
+        """Write a complete snapshot atomically, then point `last` (and `best` if asked) at it."""
+        snapshots = self.path / SNAPSHOTS
+        name = f"step-{progress['step']:07d}-{uuid.uuid4().hex[:6]}"
+        temporary = snapshots / f"{_TEMPORARY_PREFIX}{name}"
+        temporary.mkdir(parents=True)
+        try:
+            model.save(temporary / "model.keras")
+            np.savez(temporary / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
+            if states is not None:
+                flat = {f"layer{i}_state{j}": np.asarray(s) for i, layer in enumerate(states) for j, s in enumerate(layer)}
+                np.savez(temporary / "states.npz", **flat)
+            (temporary / "progress.json").write_text(json.dumps(progress, indent=2), encoding="utf-8")
+            os.replace(temporary, snapshots / name)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        pointers = self._pointers()
+        pointers["last"] = name
+        if best or "best" not in pointers:
+            pointers["best"] = name
+        atomic_write_text(self.path / "pointers.json", json.dumps(pointers, indent=2))
+        self._prune(keep=set(pointers.values()))
+        return snapshots / name
+
+    def _pointers(self) -> dict:
+        try:
+            pointers = json.loads((self.path / "pointers.json").read_text(encoding="utf-8"))
+            if all((self.path / SNAPSHOTS / pointers[key]).is_dir() for key in ("last", "best")):
+                return pointers
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        newest = self._complete_snapshots()[-1:]  # pointers lost or damaged: trust the newest snapshot
+        return {"last": newest[0].name, "best": newest[0].name} if newest else {}
+
+    def _complete_snapshots(self) -> list[Path]:
+        folder = self.path / SNAPSHOTS
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(_TEMPORARY_PREFIX))
+
+    def _prune(self, keep: set[str]) -> None:
+        for snapshot in (self.path / SNAPSHOTS).iterdir():
+            if snapshot.name not in keep:
+                shutil.rmtree(snapshot, ignore_errors=True)
+
+    def snapshot_path(self, which: str = "last") -> Path:
+        """The folder of the `last` or `best` snapshot."""
+        pointers = self._pointers()
+        if which not in pointers:
+            raise ChargenError(f"run {self.path} has no saved model yet; train it (or let training reach its first save)")
+        return self.path / SNAPSHOTS / pointers[which]
+
+    def load_model(self, which: str = "last"):
+        """The saved Keras model, loaded with safe mode on."""
+        import keras
+
+        path = self.snapshot_path(which) / "model.keras"
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ChargenError(f"cannot load the model in {path} ({first_line[:200]}); the file is damaged: delete that snapshot or the run") from None
+
+    def load_progress(self, which: str = "last") -> dict:
+        return _read_json(self.snapshot_path(which) / "progress.json", "progress record", self.path)
+
+    def restore_optimizer(self, optimizer, which: str = "last") -> None:
+        """Copy the saved optimiser variables into `optimizer`, which must already be built."""
+        path = self.snapshot_path(which) / "optimizer.npz"
+        try:
+            with np.load(path) as saved:
+                values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise ChargenError(f"cannot read the optimiser state in {path} ({error}); delete that snapshot or start a new run") from None
+        variables = optimizer.variables
+        if len(values) != len(variables) or any(v.shape != tuple(var.shape) for v, var in zip(values, variables)):
+            raise ChargenError(f"the optimiser state in {path} does not fit this model; start a new run")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+    def load_states(self, num_layers: int, which: str = "last"):
+        """The carried recurrent states of a stateful run, or None if it has none."""
+        path = self.snapshot_path(which) / "states.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as saved:
+            return [
+                [saved[key] for key in sorted(k for k in saved.files if k.startswith(f"layer{i}_"))]
+                for i in range(num_layers)
+            ]
+
+    # Metrics -----------------------------------------------------------------------------------
+
+    def append_metrics(self, record: dict) -> None:
+        """One JSON line per evaluation; a reader skips a torn last line (see `metrics`)."""
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a kill mid-write
+        return records
+
+
+def resolve_run(run: str | None, checkpoint_dir: Path) -> Run:
+    """A run named by path or by name inside `checkpoint_dir`; None means the newest run there."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if run is None:
+        runs = [p for p in checkpoint_dir.glob("*/config.json")] if checkpoint_dir.is_dir() else []
+        if not runs:
+            raise ChargenError(f"no runs in {checkpoint_dir}; train one with `chargen train CORPUS` or name a run folder")
+        newest = max(runs, key=lambda p: (p.parent / "pointers.json").stat().st_mtime if (p.parent / "pointers.json").exists() else p.stat().st_mtime)
+        return Run.open(newest.parent)
+    for candidate in (Path(run), checkpoint_dir / run):
+        if candidate.is_dir():
+            return Run.open(candidate)
+    raise ChargenError(f"no run named {run!r} (looked for the folder {run} and {checkpoint_dir / run}); `ls {checkpoint_dir}` lists the runs")
+
+
+def weight_shapes(cell: str, num_layers: int, units: int, embedding_dim: int, vocab_size: int) -> list[dict]:
+    """The model's matrices by their names in the equations (W_x*, W_h*, b_* per layer and gate)."""
+    from chargen.cells import CELLS
+
+    weights = [{"name": "embedding", "shape": [vocab_size, embedding_dim]}]
+    features = embedding_dim
+    for layer in range(num_layers):
+        for gate in CELLS[cell].gate_names:
+            weights += [
+                {"name": f"layer{layer}.W_x{gate}", "shape": [features, units]},
+                {"name": f"layer{layer}.W_h{gate}", "shape": [units, units]},
+                {"name": f"layer{layer}.b_{gate}", "shape": [units]},
+            ]
+        features = units
+    weights += [{"name": "W_hy", "shape": [units, vocab_size]}, {"name": "b_y", "shape": [vocab_size]}]
+    return weights
+
+
+def describe_run(run: Run) -> dict:
+    """What `chargen info` shows, from the run's files alone (the model file is not loaded)."""
+    config, training = run.config, run.config["training"]
+    vocab_size = len(run.vocabulary())
+    weights = weight_shapes(training["cell"], training["num_layers"], training["units"], training["embedding_dim"], vocab_size)
+    progress = run.load_progress("last")
+    return {
+        "run": str(run.path),
+        "cell": training["cell"],
+        "layers": training["num_layers"],
+        "units": training["units"],
+        "embedding_dim": training["embedding_dim"],
+        "mode": training["mode"],
+        "parameters": sum(int(np.prod(w["shape"])) for w in weights),
+        "vocab_size": vocab_size,
+        "steps": progress["step"],
+        "chars_seen": progress["chars_seen"],
+        "best_val_bpc": progress["best_val_bpc"],
+        "last_val_bpc": progress["last_val_bpc"],
+        "weights": weights,
+        "training": training,
+        "corpus": config.get("corpus"),
+        "versions": config.get("versions"),
+    }

@@ -1,0 +1,399 @@
+"""The trainer: next-character prediction in one of two modes, reporting only through callbacks.
+
+Modes (see `recurrent.py` for what each does to the gradient):
+  - "bptt": loss over every step of the window, gradient through every step. With `stateful`, the
+    final state of one window seeds the next window of the same stream (gradient stops between).
+  - "teacher-forcing": the input at step t is the observed character t-1, and the state entering
+    each step is a constant for the gradient, so each step trains the weights through itself alone.
+
+Adam with gradient clipping by global norm; the loss is in nats, reported as bits per character.
+Nothing here prints: progress bars, previews and checkpoints are callbacks the caller attaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from chargen import corpus
+from chargen.checkpoints import Run
+from chargen.errors import ChargenError
+from chargen.model import CharModel
+from chargen.vocab import Vocabulary
+
+MODES = ("bptt", "teacher-forcing")
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every hyperparameter of a run; saved with it, so a run describes itself."""
+
+    cell: str = "lstm"  # "rnn", "gru" or "lstm"
+    num_layers: int = 2  # recurrent layers stacked
+    units: int = 256  # hidden size per layer
+    embedding_dim: int = 64  # size of the character vectors
+    dropout: float = 0.0  # between layers, while training
+    seq_len: int = 100  # window length: characters per training sequence (BPTT horizon)
+    batch_size: int = 32  # windows per step
+    mode: str = "bptt"  # "bptt" or "teacher-forcing"
+    stateful: bool = False  # carry the state from one window to the next of the same stream
+    learning_rate: float = 2e-3  # Adam
+    clip_norm: float = 5.0  # clip gradients to this global norm (0 = no clipping)
+    steps: int | None = None  # stop after this many steps in total (None: no step limit)
+    epochs: float | None = None  # stop after this many passes over the training text
+    time_limit: float | None = None  # stop after this many seconds of this session
+    val_fraction: float = 0.1  # the tail of the text held out for validation
+    eval_every: int = 200  # steps between evaluations (0: only at the end)
+    seed: int = 0  # weights, window order and dropout
+
+    def __post_init__(self):
+        validate(self)
+
+    def model_arguments(self) -> dict:
+        return {
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "units": self.units,
+            "embedding_dim": self.embedding_dim,
+            "dropout": self.dropout,
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate(config: TrainingConfig) -> None:
+    """All option checks in one place, each failing with the option, the rule and the value."""
+    positive = ("num_layers", "units", "embedding_dim", "seq_len", "batch_size")
+    for name in positive:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ChargenError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    checks = [
+        (config.mode in MODES, f"mode must be one of {', '.join(MODES)}", "mode"),
+        (config.cell in ("rnn", "gru", "lstm"), "cell must be one of rnn, gru, lstm", "cell"),
+        (0.0 <= config.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
+        (config.learning_rate > 0, "learning_rate must be positive", "learning_rate"),
+        (config.clip_norm >= 0, "clip_norm must be 0 (off) or positive", "clip_norm"),
+        (config.steps is None or config.steps >= 1, "steps must be at least 1", "steps"),
+        (config.epochs is None or config.epochs > 0, "epochs must be positive", "epochs"),
+        (config.time_limit is None or config.time_limit > 0, "time_limit must be positive", "time_limit"),
+        (0.0 <= config.val_fraction < 1.0, "val_fraction must be in [0, 1)", "val_fraction"),
+        (config.eval_every >= 0, "eval_every must be 0 (only at the end) or positive", "eval_every"),
+    ]
+    for ok, rule, name in checks:
+        if not ok:
+            raise ChargenError(f"{rule}. Received: {name}={getattr(config, name)!r}")
+    if config.stateful and config.mode != "bptt":
+        raise ChargenError("stateful training carries the state between windows and applies to bptt only. Received: mode='teacher-forcing', stateful=True")
+
+
+class Callback:
+    """Hooks the trainer calls; override the ones you need (Keras `Callback`, minGPT `add_callback`)."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, logs: dict) -> None:
+        """After each step. logs: step, loss (nats), bpc, chars_per_second."""
+
+    def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
+        """After each evaluation. logs: step, val_loss, val_bpc, best (bool), plus the last step logs."""
+
+    def on_train_end(self, trainer: Trainer, logs: dict) -> None:
+        """Once, with the reason training stopped in logs["stopped_by"]."""
+
+
+@dataclass
+class Progress:
+    """Where a run is: everything besides weights and optimiser that resuming needs."""
+
+    step: int = 0  # optimiser steps taken
+    chars_seen: int = 0  # training characters consumed
+    best_val_bpc: float | None = None
+    last_val_bpc: float | None = None
+    elapsed_seconds: float = 0.0  # training time over all sessions
+
+
+def sequence_nats(logits, targets):
+    """Summed cross-entropy in nats of `targets` (batch, time) under `logits` (batch, time, vocab)."""
+    losses = keras.ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    return keras.ops.sum(losses)
+
+
+def make_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
+    clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
+    return keras.optimizers.Adam(learning_rate=config.learning_rate, **clip)
+
+
+def build_model(config: TrainingConfig, vocab_size: int) -> CharModel:
+    keras.utils.set_random_seed(config.seed)
+    model = CharModel(vocab_size, **config.model_arguments())
+    model.build()
+    return model
+
+
+class Evaluator:
+    """Mean nats per character of a text, carrying the state across consecutive windows.
+
+    Every character of each of `batch_size` contiguous streams but the first is scored once, so the
+    figure covers the whole text and is comparable between runs (see `corpus.evaluation_batches`).
+    """
+
+    def __init__(self, model: CharModel, seq_len: int, batch_size: int):
+        self.model, self.seq_len, self.batch_size = model, seq_len, batch_size
+        self._window = tf.function(self._score_window, reduce_retracing=True)
+
+    def _score_window(self, inputs, targets, states):
+        logits, final_states = self.model(inputs, states=states, training=False)
+        return sequence_nats(logits, targets), final_states
+
+    def __call__(self, ids: np.ndarray) -> float:
+        total, count = self.score(ids)
+        return total / count
+
+    def score(self, ids: np.ndarray) -> tuple[float, int]:
+        """Total nats over the scored characters, and how many were scored."""
+        total, count, states = 0.0, 0, None
+        for inputs, targets in corpus.evaluation_batches(ids, self.seq_len, self.batch_size):
+            if states is None or len(inputs) != len(states[0][0]):
+                states = self.model.initial_states(len(inputs))
+            nats, states = self._window(tf.constant(inputs), tf.constant(targets), states)
+            total += float(nats)
+            count += targets.size
+        if count == 0:
+            raise ChargenError("the text to evaluate is too short: it needs at least 2 characters")
+        return total, count
+
+
+class Trainer:
+    """Trains `model` on `train_ids`, evaluating on `val_ids`.
+
+    Args:
+        model: a built `CharModel`.
+        config: the run's `TrainingConfig`.
+        train_ids, val_ids: int32 arrays of character ids (val_ids may be empty).
+        optimizer: pass the restored one to resume; a new Adam otherwise.
+        progress: pass the restored one to resume.
+        carried_states: for a stateful run being resumed, the states at the interruption.
+        callbacks: `Callback` instances, called in order.
+        vocab: the model's vocabulary, for callbacks that show text.
+
+    Example:
+        >>> trainer = Trainer(model, config, train_ids, val_ids, callbacks=[MyPrinter()])
+        >>> trainer.fit()
+    """
+
+    def __init__(
+        self,
+        model: CharModel,
+        config: TrainingConfig,
+        train_ids: np.ndarray,
+        val_ids: np.ndarray,
+        optimizer: keras.optimizers.Optimizer | None = None,
+        progress: Progress | None = None,
+        carried_states=None,
+        callbacks: list[Callback] = (),
+        vocab: Vocabulary | None = None,
+    ):
+        self.model, self.config, self.vocab = model, config, vocab
+        self.train_ids, self.val_ids = train_ids, val_ids
+        self.optimizer = optimizer or make_optimizer(config)
+        if not self.optimizer.built:
+            self.optimizer.build(model.trainable_variables)
+        self.progress = progress or Progress()
+        self.callbacks = list(callbacks)
+        self.stop_requested = False
+        self.last_evaluated_step = None
+        self.stopped_by = None  # after fit: "steps", "time" or "interrupt"
+        self.carried_states = carried_states if config.stateful else None
+        if config.stateful and self.carried_states is None:
+            self.carried_states = model.initial_states(config.batch_size)
+        self._train_step = tf.function(self._step, reduce_retracing=True)
+        self._evaluator = Evaluator(model, config.seq_len, config.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return corpus.steps_per_epoch(len(self.train_ids), self.config.seq_len, self.config.batch_size)
+
+    def step_limit(self) -> int | None:
+        """The total step count at which training stops, from --steps and --epochs (the smaller)."""
+        limits = [self.config.steps] if self.config.steps else []
+        if self.config.epochs:
+            limits.append(max(1, round(self.config.epochs * self.steps_per_epoch)))
+        return min(limits) if limits else None
+
+    def _step(self, inputs, targets, states):
+        through_time = self.config.mode == "bptt"
+        with tf.GradientTape() as tape:
+            logits, final_states = self.model(inputs, states=states, training=True, through_time=through_time)
+            loss = sequence_nats(logits, targets) / tf.cast(tf.size(targets), logits.dtype)
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return loss, final_states
+
+    def evaluate(self, ids: np.ndarray) -> float:
+        return self._evaluator(ids)
+
+    def fit(self) -> Progress:
+        """Train until a limit is reached or `stop_requested` is set; returns the progress reached."""
+        config, progress = self.config, self.progress
+        limit = self.step_limit()
+        deadline = time.monotonic() + config.time_limit if config.time_limit else None
+        dataset = corpus.training_dataset(
+            self.train_ids, config.seq_len, config.batch_size, config.seed,
+            start_step=progress.step, stateful=config.stateful,
+        )
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        stopped_by, logs = "steps", {}
+        session_start = time.monotonic() - progress.elapsed_seconds
+        previous_step_end = time.perf_counter()
+        for inputs, targets in dataset:
+            if limit is not None and progress.step >= limit:
+                break
+            if self.stop_requested:
+                stopped_by = "interrupt"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped_by = "time"
+                break
+            states = self.carried_states if config.stateful else None
+            loss, final_states = self._train_step(inputs, targets, states)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise ChargenError(
+                    f"training diverged at step {progress.step + 1} (loss {loss}); "
+                    "lower --learning-rate or --clip-norm"
+                )
+            if config.stateful:
+                self.carried_states = final_states
+            progress.step += 1
+            progress.chars_seen += int(targets.shape[0] * targets.shape[1])
+            progress.elapsed_seconds = time.monotonic() - session_start
+            now = time.perf_counter()
+            seconds, previous_step_end = now - previous_step_end, now
+            logs = {
+                "step": progress.step,
+                "loss": loss,
+                "bpc": loss / LN2,
+                "chars_per_second": targets.shape[0] * targets.shape[1] / max(seconds, 1e-9),
+            }
+            for callback in self.callbacks:
+                callback.on_step_end(self, logs)
+            if config.eval_every and progress.step % config.eval_every == 0:
+                self.run_evaluation(logs)
+        if progress.step > 0 and self.last_evaluated_step != progress.step:
+            self.run_evaluation(logs)
+        self.stopped_by = stopped_by
+        logs = {**logs, "stopped_by": stopped_by}
+        for callback in self.callbacks:
+            callback.on_train_end(self, logs)
+        return progress
+
+    def run_evaluation(self, logs: dict) -> None:
+        """Evaluate on the validation text (if any), update the progress and tell the callbacks."""
+        progress = self.progress
+        if len(self.val_ids) >= 2:
+            val_loss = self.evaluate(self.val_ids)
+            val_bpc = val_loss / LN2
+            best = progress.best_val_bpc is None or val_bpc < progress.best_val_bpc
+            progress.last_val_bpc = val_bpc
+            if best:
+                progress.best_val_bpc = val_bpc
+            logs.update(val_loss=val_loss, val_bpc=val_bpc, best=best)
+        else:
+            logs.update(val_loss=None, val_bpc=None, best=True)
+        logs["step"] = self.last_evaluated_step = progress.step
+        for callback in self.callbacks:
+            callback.on_evaluate(self, logs)
+
+
+class SaveCheckpoints(Callback):
+    """Saves a snapshot at every evaluation and when training stops, and logs the metrics."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.saved_step = None
+
+    def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
+        record = {k: logs.get(k) for k in ("step", "loss", "bpc", "val_loss", "val_bpc")}
+        record["chars_seen"] = trainer.progress.chars_seen
+        record["elapsed_seconds"] = round(trainer.progress.elapsed_seconds, 3)
+        self.run.append_metrics(record)
+        self._save(trainer, best=bool(logs.get("best")))
+
+    def on_train_end(self, trainer: Trainer, logs: dict) -> None:
+        if trainer.progress.step != self.saved_step:
+            self._save(trainer, best=False)
+
+    def _save(self, trainer: Trainer, best: bool) -> None:
+        states = trainer.carried_states if trainer.config.stateful else None
+        self.run.save_snapshot(trainer.model, trainer.optimizer, dataclasses.asdict(trainer.progress), states, best=best)
+        self.saved_step = trainer.progress.step
+
+
+def versions() -> dict:
+    import chargen
+
+    return {"chargen": chargen.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def encode_and_split(text_corpus: corpus.Corpus, vocab: Vocabulary, config: TrainingConfig):
+    ids = vocab.encode(text_corpus.text)
+    return corpus.split_ids(ids, config.val_fraction, config.seq_len)
+
+
+def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Path, callbacks=()) -> Trainer:
+    """A trainer for a new run on `text_corpus`, with its run folder created and checkpointing attached."""
+    vocab = Vocabulary.from_text(text_corpus.text)
+    train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
+    run = Run.create(run_path, {
+        "training": config.to_dict(),
+        "corpus": text_corpus.describe(),
+        "vocab_size": len(vocab),
+        "versions": versions(),
+    }, vocab)
+    model = build_model(config, len(vocab))
+    return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab)
+
+
+def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks=()) -> Trainer:
+    """A trainer continuing `run` exactly where it stopped: weights, optimiser, step, data position, states.
+
+    `limits` may change steps, epochs, time_limit and eval_every; everything else is the run's.
+    """
+    saved = run.config
+    expected = saved.get("corpus", {}).get("sha256")
+    if expected and expected != text_corpus.sha256:
+        raise ChargenError(
+            f"the corpus given differs from the one run {run.name} was trained on (sha256 {text_corpus.sha256[:12]}… "
+            f"instead of {expected[:12]}…); pass the same files to resume, or start a new run"
+        )
+    config = TrainingConfig(**{**saved["training"], **limits})
+    vocab = run.vocabulary()
+    train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
+    model = run.load_model("last")
+    optimizer = make_optimizer(config)
+    optimizer.build(model.trainable_variables)
+    run.restore_optimizer(optimizer, "last")
+    progress = Progress(**run.load_progress("last"))
+    states = run.load_states(config.num_layers, "last") if config.stateful else None
+    return Trainer(model, config, train_ids, val_ids, optimizer=optimizer, progress=progress,
+                   carried_states=states, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab)
+
+
+def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best") -> dict:
+    """Bits per character and perplexity (per character) of a saved model on a text."""
+    config = TrainingConfig(**run.config["training"])
+    ids = run.vocabulary().encode(text_corpus.text)
+    total, count = Evaluator(run.load_model(which), config.seq_len, config.batch_size).score(ids)
+    nats = total / count
+    return {"bits_per_char": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "characters": count}
