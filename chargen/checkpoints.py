@@ -173,6 +173,8 @@ class Run:
         """The saved Keras model, loaded with safe mode on."""
         import keras
 
+        import chargen.model  # noqa: F401  (registers the classes the file names)
+
         path = self.snapshot_path(which) / "model.keras"
         try:
             return keras.saving.load_model(path, safe_mode=True)

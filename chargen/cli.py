@@ -51,9 +51,25 @@ class ChargenGroup(click.Group):
             ) from None
 
 
-def _quiet_tensorflow() -> None:
-    """Silence TensorFlow's start-up chatter (CUDA probing, oneDNN notes) before it is imported."""
+def _load_tensorflow(debug: bool) -> None:
+    """Import TensorFlow now, without its start-up chatter (CUDA probing, oneDNN notes) unless debugging.
+
+    Some of that chatter is written by C++ code before any log setting applies, so stderr itself is
+    pointed at /dev/null for the length of the import.
+    """
+    if debug or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @click.group(cls=ChargenGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,8 +79,6 @@ def _quiet_tensorflow() -> None:
 def cli(ctx: click.Context, debug: bool):
     """Train and sample character-level recurrent language models."""
     ctx.meta["chargen.debug"] = debug
-    if not debug:
-        _quiet_tensorflow()
 
 
 def _corpus(paths, encoding, encoding_errors):
@@ -124,6 +138,7 @@ LIMIT_OPTIONS = ("steps", "epochs", "time_limit", "eval_every")
 def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encoding_errors, device, preview_length, quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
+    _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import checkpoints, training
     from chargen.reporting import ProgressBar, Preview
 
@@ -138,7 +153,7 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
             run_path = run.path
         else:
             config = training.TrainingConfig(**options)
-            name = run_name or f"{config.cell}-{text_corpus.name}-{datetime.now():%Y%m%d-%H%M%S}"
+            name = run_name or f"{config.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
             run_path = Path(checkpoint_dir) / name
             trainer = training.new_session(text_corpus, config, run_path, callbacks)
         click.echo(
@@ -157,6 +172,11 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
     if stopped == "interrupt":
         click.echo(f"interrupted and saved; continue with: chargen train {' '.join(corpus_paths)} --resume --run-name {run_path.name} --checkpoint-dir {checkpoint_dir}", err=True)
         ctx.exit(INTERRUPTED)
+
+
+def _corpus_name(corpus_paths) -> str:
+    first = corpus_paths[0].removeprefix("builtin:")
+    return Path(first.rstrip("/")).stem or "corpus"
 
 
 def _refuse_changed_options(ctx, saved: dict, options: dict) -> None:
@@ -211,6 +231,7 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
     if not temperature > 0:
         raise ChargenError(f"--temperature must be above 0 (for the single most likely text use --strategy greedy). Received: --temperature {temperature}")
     chosen = _parse_strategy(strategy, option_pairs)  # before TensorFlow loads: a bad option fails fast
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints
     from chargen.generation import GenerationRequest, NumpyStepper, generate, validate_request
 
@@ -247,6 +268,7 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
 def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors, as_json):
     """Bits per character and perplexity of RUN's model on CORPUS."""
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints, training
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
@@ -264,6 +286,7 @@ def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(run, checkpoint_dir, as_json):
     """What RUN is: architecture, weights, vocabulary, training so far (default: the newest run)."""
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen.checkpoints import describe_run, resolve_run
 
     details = describe_run(resolve_run(run, Path(checkpoint_dir)))

@@ -23,7 +23,7 @@ import codecs
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,7 +46,7 @@ _MIX_2 = 0x94D049BB133111EB
 class Corpus:
     """A text ready to train on, and where it came from (recorded in a run's config)."""
 
-    text: str  # every source's text, joined with SEPARATOR
+    text: str = field(repr=False)  # every source's text, joined with SEPARATOR
     sources: tuple[tuple[str, int], ...]  # (path or builtin:name, characters) in reading order
     sha256: str  # hex digest of the raw bytes read, in order (a built-in's UTF-8 text)
     num_bytes: int  # raw bytes read
@@ -101,7 +101,13 @@ def builtin_corpus(name: str) -> Corpus:
 def resolve_corpus(
     paths: str | os.PathLike | Sequence[str | os.PathLike], encoding: str = "utf-8", errors: str = "strict"
 ) -> Corpus:
-    """The CLI's corpus arguments: paths and `builtin:NAME` entries, read in order as one text."""
+    """The CLI's corpus arguments: paths and `builtin:NAME` entries, read in order as one text.
+
+    Example:
+        >>> corpus = resolve_corpus(["builtin:python-docs"])
+        >>> corpus.sources[0][0], len(corpus.text) > 400_000
+        ('builtin:python-docs', True)
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     _check_encoding(encoding, errors)
 

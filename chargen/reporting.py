@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 from tqdm import tqdm
 
 from chargen.training import Callback
@@ -57,4 +56,4 @@ class Preview(Callback):
         strategy = registry.load("random").create()
         request = GenerationRequest(length=self.length, temperature=self.temperature, seed=logs["step"])
         text = generate(NumpyStepper(trainer.model), vocab, strategy, request)[0]
-        tqdm.write(click.style("  | ", dim=True) + text.replace("\n", "\n" + click.style("  | ", dim=True)), file=self.stream)
+        tqdm.write("  | " + text.replace("\n", "\n  | "), file=self.stream)

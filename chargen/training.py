@@ -151,9 +151,10 @@ class Evaluator:
         self.model, self.seq_len, self.batch_size = model, seq_len, batch_size
         self._window = tf.function(self._score_window, reduce_retracing=True)
 
-    def _score_window(self, inputs, targets, states):
+    def _score_window(self, inputs, targets, weights, states):
         logits, final_states = self.model(inputs, states=states, training=False)
-        return sequence_nats(logits, targets), final_states
+        losses = keras.ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+        return keras.ops.sum(losses * weights), final_states
 
     def __call__(self, ids: np.ndarray) -> float:
         total, count = self.score(ids)
@@ -161,15 +162,11 @@ class Evaluator:
 
     def score(self, ids: np.ndarray) -> tuple[float, int]:
         """Total nats over the scored characters, and how many were scored."""
-        total, count, states = 0.0, 0, None
-        for inputs, targets in corpus.evaluation_batches(ids, self.seq_len, self.batch_size):
-            if states is None or len(inputs) != len(states[0][0]):
-                states = self.model.initial_states(len(inputs))
-            nats, states = self._window(tf.constant(inputs), tf.constant(targets), states)
+        batches, count = corpus.evaluation_batches(ids, self.seq_len, self.batch_size)
+        total, states = 0.0, self.model.initial_states(len(batches[0].inputs))
+        for batch in batches:
+            nats, states = self._window(batch.inputs, batch.targets, batch.weights, states)
             total += float(nats)
-            count += targets.size
-        if count == 0:
-            raise ChargenError("the text to evaluate is too short: it needs at least 2 characters")
         return total, count
 
 
@@ -216,7 +213,8 @@ class Trainer:
         self.carried_states = carried_states if config.stateful else None
         if config.stateful and self.carried_states is None:
             self.carried_states = model.initial_states(config.batch_size)
-        self._train_step = tf.function(self._step, reduce_retracing=True)
+        self.distribution = tf.distribute.get_strategy()  # the one whose scope the model was built in
+        self._train_step = tf.function(self._distributed_step, reduce_retracing=True)
         self._evaluator = Evaluator(model, config.seq_len, config.batch_size)
 
     @property
@@ -229,6 +227,9 @@ class Trainer:
         if self.config.epochs:
             limits.append(max(1, round(self.config.epochs * self.steps_per_epoch)))
         return min(limits) if limits else None
+
+    def _distributed_step(self, inputs, targets, states):
+        return self.distribution.run(self._step, args=(inputs, targets, states))
 
     def _step(self, inputs, targets, states):
         through_time = self.config.mode == "bptt"
@@ -357,7 +358,8 @@ def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Pa
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
     run = Run.create(run_path, {
         "training": config.to_dict(),
-        "corpus": text_corpus.describe(),
+        "corpus": {"sources": [list(source) for source in text_corpus.sources], "characters": len(text_corpus.text),
+                   "bytes": text_corpus.num_bytes, "sha256": text_corpus.sha256},
         "vocab_size": len(vocab),
         "versions": versions(),
     }, vocab)

@@ -207,7 +207,8 @@ def test_stateful_rows_continue_where_they_stopped_and_an_epoch_predicts_each_ch
     ids = np.arange(1_000, dtype=np.int32)
     seq_len, batch_size = 10, 4
     windows_per_stream = steps_per_epoch(len(ids), seq_len, batch_size)  # 24
-    batches = [training_batch(ids, seq_len, batch_size, 0, step, stateful=True) for step in range(windows_per_stream + 1)]
+    batches = [training_batch(ids, seq_len, batch_size, 0, step, stateful=True)
+               for step in range(windows_per_stream + 1)]
     for (inputs, targets), (next_inputs, _) in zip(batches[:-2], batches[1:-1]):
         np.testing.assert_array_equal(next_inputs[:, 0], targets[:, -1])
     epoch_targets = np.concatenate([targets for _, targets in batches[:-1]], axis=1).ravel()
