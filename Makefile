@@ -1,0 +1,32 @@
+# The two commands: `make demo` (set up, train a small model on the built-in corpus, sample it)
+# and `make test` (set up, run the test suite). Each sets up its own virtual environment.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SECONDS ?= 60
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml plugins/chargen-mirostat/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/chargen-mirostat
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/chargen train builtin:python-docs --layers 2 --units 256 --seq-len 100 --batch-size 32 \
+		--time-limit $(DEMO_SECONDS) --eval-every 100
+	$(BIN)/chargen sample --length 400 --temperature 0.8 --seed 1
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
