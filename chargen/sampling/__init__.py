@@ -4,6 +4,7 @@ Plugins import from here only. Pure numpy: no TensorFlow, so a strategy can be w
 without a model.
 """
 
+from chargen.errors import ChargenError
 from chargen.sampling.base import (
     GuardedStrategy,
     Option,
@@ -37,6 +38,7 @@ from chargen.sampling.registry import (
 )
 
 __all__ = [
+    "ChargenError",
     "GuardedStrategy",
     "LoadedStrategy",
     "Option",

@@ -55,7 +55,7 @@ class Option:
             raise ValueError(f"an option name must be a Python identifier. Received: name={self.name!r}")
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name!r} must have type int, float, str or bool. Received: type={self.type!r}")
-        if not _has_type(self.default, self.type):
+        if not self.accepts(self.default):
             raise ValueError(
                 f"option {self.name!r} of type {self.type.__name__} needs a default of that type. "
                 f"Received: default={self.default!r}"
@@ -79,18 +79,17 @@ class Option:
                     return value
         raise ChargenError(f"option {self.name!r} takes {_EXPECTED[self.type]}. Received: {self.name}={text}")
 
+    def accepts(self, value: Any) -> bool:
+        """Whether `value` has this option's type; bool is a subclass of int, so it is checked apart."""
+        if self.type is bool or isinstance(value, bool):
+            return self.type is bool and isinstance(value, bool)
+        if self.type is float:
+            return isinstance(value, (int, float))  # an int is fine where a float is expected
+        return isinstance(value, self.type)
+
     def describe(self) -> str:
         """`k (int, default 10): help`, as `chargen samplers` and error messages show it."""
         return f"{self.name} ({self.type.__name__}, default {format_value(self.default)}): {self.help}"
-
-
-def _has_type(value: Any, option_type: type) -> bool:
-    """bool is a subclass of int, so check it apart; an int default is fine for a float option."""
-    if option_type is bool or isinstance(value, bool):
-        return option_type is bool and isinstance(value, bool)
-    if option_type is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, option_type)
 
 
 def format_value(value: Any) -> str:

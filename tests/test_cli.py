@@ -1,0 +1,403 @@
+"""The command line: instant help, and a user's mistakes reported as one line with no traceback.
+
+The round trip (train, sample, eval, info, resume) is in test_cli_roundtrip.py; run folders and
+interrupted training in test_checkpoints.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from chargen.cli import cli
+
+# A model that trains in about a second: enough to exercise every path, not to learn anything.
+TINY = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--steps", "4",
+        "--eval-every", "2", "--embedding-dim", "8", "--quiet"]
+WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "juniper"]
+
+
+def write_corpus(path: Path, words: int = 900, seed: int = 0) -> Path:
+    """About 5 KB of random words from a fixed list, generated here (no text copied from anywhere)."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(words // 10)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args, **kwargs):
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def assert_user_error(result, *fragments: str) -> str:
+    """Non-zero exit, one line on stderr naming the problem, no traceback; returns the line."""
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    line = lines[0]
+    assert line.startswith("Error: "), line
+    assert "unexpected" not in line, f"a user's mistake reported as a bug: {line}"
+    for fragment in fragments:
+        assert fragment.lower() in line.lower(), f"{fragment!r} not in {line!r}"
+    return line
+
+
+@pytest.fixture(autouse=True)
+def no_debug_from_environment(monkeypatch):
+    monkeypatch.delenv("CHARGEN_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny trained run, shared; tests that damage it work on a copy (`run_copy`)."""
+    folder = tmp_path_factory.mktemp("trained")
+    corpus = write_corpus(folder / "words.txt")
+    checkpoint_dir = folder / "checkpoints"
+    result = run_cli("train", corpus, *TINY, "--checkpoint-dir", checkpoint_dir, "--run-name", "tiny")
+    assert result.exit_code == 0, result.output
+    return {"corpus": corpus, "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "tiny"}
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    checkpoint_dir = tmp_path / "checkpoints"
+    shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
+    return {"corpus": trained["corpus"], "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "tiny"}
+
+
+# --help and `samplers` answer without TensorFlow ---------------------------------------------------
+
+HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["corpus"], ["corpus", "synth"]]
+
+_NO_TENSORFLOW = """
+import sys
+from click.testing import CliRunner
+from chargen.cli import cli
+args = sys.argv[1:]
+result = CliRunner().invoke(cli, args)
+assert result.exit_code == 0, (args, result.exit_code, result.output)
+print(result.output)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+assert not loaded, f"{args} imported {loaded[:5]}"
+"""
+
+
+def _run_without_tensorflow(*args: str) -> str:
+    completed = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, *args], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "chargen")
+def test_help_answers_without_importing_tensorflow(command):
+    output = _run_without_tensorflow(*command, "--help")
+    assert "Usage:" in output
+    assert "Options:" in output
+
+
+def test_help_lists_every_command():
+    output = _run_without_tensorflow("--help")
+    for command in ("train", "sample", "eval", "info", "samplers", "corpus"):
+        assert command in output
+
+
+def test_train_help_names_the_options_of_the_contract():
+    output = _run_without_tensorflow("train", "--help")
+    for option in ("--cell", "--layers", "--units", "--embedding-dim", "--seq-len", "--batch-size", "--mode",
+                   "--stateful", "--steps", "--epochs", "--time-limit", "--learning-rate", "--clip-norm",
+                   "--dropout", "--val-fraction", "--eval-every", "--seed", "--run-name", "--checkpoint-dir",
+                   "--resume", "--encoding", "--device"):
+        assert option in output, option
+
+
+def test_samplers_lists_the_builtins_without_importing_tensorflow():
+    output = _run_without_tensorflow("samplers")
+    for name in ("greedy", "random", "top-k", "top-p", "min-p", "typical", "beam"):
+        assert name in output
+    listing = json.loads(_run_without_tensorflow("samplers", "--json"))
+    assert {"greedy", "top-k", "beam"} <= {record["name"] for record in listing}
+
+
+def test_python_dash_m_chargen_help_imports_no_tensorflow():
+    completed = subprocess.run([sys.executable, "-X", "importtime", "-m", "chargen", "--help"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "Usage:" in completed.stdout
+    imported = [line for line in completed.stderr.splitlines() if line.startswith("import time:")]
+    assert imported, "python -X importtime printed nothing"
+    assert not [line for line in imported if "tensorflow" in line or "keras" in line]
+
+
+# Corpus mistakes ---------------------------------------------------------------------------------
+
+def test_missing_corpus_file(tmp_path):
+    result = run_cli("train", tmp_path / "nowhere.txt", *TINY, "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "not found", "nowhere.txt")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_empty_corpus_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n\n\t\n", encoding="utf-8")
+    result = run_cli("train", empty, *TINY, "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "empty", "empty.txt")
+
+
+def test_undecodable_bytes_name_the_offset_and_suggest_encoding(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes(b"plain ascii words " * 20 + b"caf\xe9 " + b"more words " * 20)
+    offset = len(b"plain ascii words " * 20) + 3
+    result = run_cli("train", bad, *TINY, "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "latin.txt", f"offset {offset}", "--encoding")
+
+
+def test_undecodable_bytes_train_with_the_right_encoding(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes(("café au lait " * 400).encode("latin-1"))
+    result = run_cli("train", bad, *TINY, "--encoding", "latin-1", "--checkpoint-dir", tmp_path / "ck", "--run-name", "l1")
+    assert result.exit_code == 0, result.output
+    assert "é" in json.loads((tmp_path / "ck" / "l1" / "vocab.json").read_text(encoding="utf-8"))["chars"]
+
+
+def test_corpus_shorter_than_a_window_names_the_minimum(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("abcdefghij" * 3, encoding="utf-8")  # 30 characters; seq_len 16 needs 2 * 17
+    result = run_cli("train", short, *TINY, "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "30 characters", "34")
+    result = run_cli("train", short, *TINY, "--val-fraction", "0", "--seq-len", "40", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "41")
+
+
+def test_bad_hyperparameter_is_one_line(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, *TINY, "--dropout", "1.5", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "dropout")
+    result = run_cli("train", corpus, *TINY, "--mode", "teacher-forcing", "--stateful", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "stateful")
+
+
+def test_unknown_option_value_is_refused_by_click(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, "--cell", "transformer")
+    assert result.exit_code == 2
+    assert "transformer" in result.output and "Traceback" not in result.output
+
+
+def test_device_gpu_without_a_gpu(tmp_path):
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, *TINY, "--device", "gpu", "--checkpoint-dir", tmp_path / "ck", "--run-name", "g")
+    assert_user_error(result, "--device gpu", "no GPU")
+    assert not (tmp_path / "ck" / "g").exists()
+
+
+# Run mistakes --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["sample"], ["info"], ["eval"]])
+def test_unknown_run(tmp_path, command):
+    corpus = write_corpus(tmp_path / "words.txt")
+    extra = [corpus] if command == ["eval"] else []
+    result = run_cli(*command, "no-such-run", *extra, "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "no-such-run")
+
+
+def test_no_runs_at_all(tmp_path):
+    result = run_cli("sample", "--checkpoint-dir", tmp_path / "empty")
+    assert_user_error(result, "no runs", "chargen train")
+
+
+def test_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "ck" / "stray").mkdir(parents=True)
+    result = run_cli("info", "stray", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "not a chargen run")
+
+
+@pytest.mark.parametrize("temperature", ["0", "-1"])
+def test_temperature_must_be_positive(trained, temperature):
+    result = run_cli("sample", trained["run"], "--temperature", temperature)
+    assert_user_error(result, "--temperature", "greedy")
+
+
+def test_unknown_strategy_lists_the_installed_ones(trained):
+    result = run_cli("sample", trained["run"], "--strategy", "no-such-strategy")
+    assert_user_error(result, "no-such-strategy", "greedy", "top-k", "beam")
+
+
+def test_strategy_option_of_the_wrong_type(trained):
+    result = run_cli("sample", trained["run"], "--strategy", "top-k", "-o", "k=abc")
+    assert_user_error(result, "k=abc")
+
+
+def test_unknown_strategy_option_lists_the_options(trained):
+    result = run_cli("sample", trained["run"], "--strategy", "top-k", "-o", "width=3")
+    assert_user_error(result, "width", "k (int")
+
+
+def test_strategy_option_without_a_value(trained):
+    result = run_cli("sample", trained["run"], "--strategy", "top-k", "-o", "k")
+    assert_user_error(result, "NAME=VALUE")
+
+
+def test_prime_with_an_unseen_character(trained):
+    result = run_cli("sample", trained["run"], "--prime", "ZQ€", "--length", "5")
+    assert_user_error(result, "€")
+
+
+@pytest.mark.parametrize("option", [["--length", "0"], ["--num-samples", "0"]])
+def test_sample_counts_must_be_positive(trained, option):
+    result = run_cli("sample", trained["run"], *option)
+    assert_user_error(result, option[0].lstrip("-").replace("-", "_"))
+
+
+def test_resume_with_a_changed_architecture(run_copy):
+    result = run_cli("train", run_copy["corpus"], *TINY, "--units", "32", "--resume", "--run-name", "tiny",
+                     "--checkpoint-dir", run_copy["checkpoint_dir"])
+    assert_user_error(result, "--units 32", "16")
+
+
+def test_resume_with_a_different_corpus(run_copy, tmp_path):
+    other = write_corpus(tmp_path / "other.txt", seed=1)
+    result = run_cli("train", other, "--steps", "6", "--resume", "--run-name", "tiny", "--checkpoint-dir", run_copy["checkpoint_dir"])
+    assert_user_error(result, "differs", "same files")
+
+
+def test_new_run_over_an_existing_one_is_refused(run_copy):
+    result = run_cli("train", run_copy["corpus"], *TINY, "--run-name", "tiny", "--checkpoint-dir", run_copy["checkpoint_dir"])
+    assert_user_error(result, "already exists", "--resume")
+
+
+def test_resume_of_a_missing_run(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, "--resume", "--run-name", "ghost", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "ghost")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "resume"])
+def test_corrupted_model_file(run_copy, command):
+    for model_file in (run_copy["run"] / "snapshots").glob("*/model.keras"):
+        model_file.write_bytes(b"this is not a keras zip file\x00" * 50)
+    if command == "sample":
+        result = run_cli("sample", run_copy["run"], "--length", "5")
+    elif command == "eval":
+        result = run_cli("eval", run_copy["run"], run_copy["corpus"])
+    else:
+        result = run_cli("train", run_copy["corpus"], "--steps", "6", "--resume", "--run-name", "tiny",
+                         "--checkpoint-dir", run_copy["checkpoint_dir"])
+    assert_user_error(result, "model.keras", "damaged")
+
+
+def test_corrupted_optimizer_state_on_resume(run_copy):
+    for optimizer_file in (run_copy["run"] / "snapshots").glob("*/optimizer.npz"):
+        optimizer_file.write_bytes(b"garbage")
+    result = run_cli("train", run_copy["corpus"], "--steps", "6", "--resume", "--run-name", "tiny",
+                     "--checkpoint-dir", run_copy["checkpoint_dir"])
+    assert_user_error(result, "optimiser", "optimizer.npz")
+
+
+@pytest.mark.parametrize("content", ["{not json", "", "[1, 2]", '{"format_version": 1}', '{"format_version": 1, "training": 3}'],
+                         ids=["syntax", "empty", "list", "no-training", "training-not-object"])
+@pytest.mark.parametrize("command", ["sample", "info", "eval"])
+def test_damaged_config(run_copy, content, command):
+    (run_copy["run"] / "config.json").write_text(content, encoding="utf-8")
+    extra = [run_copy["corpus"]] if command == "eval" else []
+    result = run_cli(command, run_copy["run"], *extra)
+    assert_user_error(result, "config")
+
+
+def test_config_from_another_format_version(run_copy):
+    config_path = run_copy["run"] / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["format_version"] = 99
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    result = run_cli("info", run_copy["run"])
+    assert_user_error(result, "format 99")
+
+
+def test_damaged_vocabulary(run_copy):
+    (run_copy["run"] / "vocab.json").write_text("{oops", encoding="utf-8")
+    result = run_cli("sample", run_copy["run"], "--length", "5")
+    assert_user_error(result, "vocab")
+
+
+def test_damaged_progress_record(run_copy):
+    for progress in (run_copy["run"] / "snapshots").glob("*/progress.json"):
+        progress.write_text("{", encoding="utf-8")
+    result = run_cli("info", run_copy["run"])
+    assert_user_error(result, "progress")
+
+
+# --debug shows the traceback -----------------------------------------------------------------------
+
+def test_debug_lets_the_exception_through(tmp_path):
+    from chargen.errors import ChargenError
+
+    result = run_cli("--debug", "train", tmp_path / "nowhere.txt")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ChargenError)
+    assert "nowhere.txt" in str(result.exception)
+
+
+def test_debug_prints_a_traceback_in_a_real_process(tmp_path):
+    missing = str(tmp_path / "nowhere.txt")
+    plain = subprocess.run([sys.executable, "-m", "chargen", "train", missing], capture_output=True, text=True, timeout=120)
+    assert plain.returncode != 0
+    assert "Traceback" not in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1
+    debug = subprocess.run([sys.executable, "-m", "chargen", "--debug", "train", missing], capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr
+    assert "ChargenError" in debug.stderr and "nowhere.txt" in debug.stderr
+
+
+def test_debug_flag_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARGEN_DEBUG", "1")
+    result = run_cli("train", tmp_path / "nowhere.txt")
+    assert result.exception is not None and not isinstance(result.exception, SystemExit)
+
+
+# corpus synth ------------------------------------------------------------------------------------
+
+def _floor(output: str) -> float:
+    line = next(line for line in output.splitlines() if line.startswith("entropy floor:"))
+    return float(line.split(":")[1].split()[0])
+
+
+def test_corpus_synth_markov(tmp_path):
+    out = tmp_path / "markov.txt"
+    result = run_cli("corpus", "synth", "markov", "--output", out, "--length", "3000", "--seed", "3",
+                     "--order", "2", "--alphabet-size", "5")
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert len(text) == 3000
+    assert len(set(text)) <= 5
+    assert 0 < _floor(result.output) < 2.33  # below log2(5)
+    again = tmp_path / "again.txt"
+    run_cli("corpus", "synth", "markov", "--output", again, "--length", "3000", "--seed", "3", "--order", "2", "--alphabet-size", "5")
+    assert again.read_text(encoding="utf-8") == text  # seeded
+
+
+def test_corpus_synth_recall(tmp_path):
+    out = tmp_path / "recall.txt"
+    result = run_cli("corpus", "synth", "recall", "--output", out, "--length", "2000", "--seed", "1", "--lag", "4")
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text(encoding="utf-8")) == 2000
+    assert _floor(result.output) >= 0
+    assert "bits per character" in result.output
+
+
+def test_corpus_synth_needs_an_output():
+    result = run_cli("corpus", "synth", "markov")
+    assert result.exit_code == 2
+    assert "--output" in result.output

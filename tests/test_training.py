@@ -1,0 +1,113 @@
+"""The trainer: what the two modes can learn, how close to a source's entropy rate, and its limits."""
+
+import math
+
+import numpy as np
+import pytest
+
+from chargen import corpus, synthetic
+from chargen.errors import ChargenError
+from chargen.training import Callback, Trainer, TrainingConfig, build_model
+from chargen.vocab import Vocabulary
+
+
+def train(text: str, **overrides):
+    """Train a small model on `text`; returns (trainer, progress)."""
+    settings = dict(cell="lstm", num_layers=1, units=32, embedding_dim=8, seq_len=32, batch_size=32,
+                    eval_every=0, learning_rate=1e-2, seed=0)
+    config = TrainingConfig(**{**settings, **overrides})
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, vocab=vocab)
+    return trainer, trainer.fit()
+
+
+@pytest.mark.slow
+def test_bptt_learns_a_long_range_recall_that_teacher_forcing_cannot():
+    # Records "K" + 6 random fillers + "K" + newline: the second key is predictable only by a model
+    # whose state was trained to keep the first one for 7 steps, which needs the gradient through time.
+    source = synthetic.recall_source(lag=6, num_keys=4, filler_size=2, length=60_000, seed=1)
+    _, bptt = train(source.text, mode="bptt", steps=400)
+    _, forced = train(source.text, mode="teacher-forcing", steps=400)
+    floor, without_recall = source.entropy_bits_per_char, source.no_recall_bits_per_char
+    assert bptt.last_val_bpc < floor + 0.08, (bptt.last_val_bpc, floor)
+    assert forced.last_val_bpc > floor + 0.15, (forced.last_val_bpc, floor)
+    assert forced.last_val_bpc - bptt.last_val_bpc > 0.15
+    # Teacher forcing does no better than a model that cannot recall at all.
+    assert forced.last_val_bpc > without_recall - 0.05
+
+
+@pytest.mark.slow
+def test_lstm_reaches_the_entropy_rate_of_a_markov_source():
+    source = synthetic.markov_source(order=2, alphabet_size=6, length=60_000, seed=3, concentration=0.3)
+    _, progress = train(source.text, steps=400)
+    # Stated margin: within 0.06 bits per character of the exact entropy rate (the validation
+    # text is a finite sample, about +-0.015 of noise, and training is brief).
+    assert abs(progress.last_val_bpc - source.entropy_bits_per_char) < 0.06
+
+
+def test_loss_is_reported_in_nats_and_bits():
+    recorded = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer, logs):
+            recorded.append(logs)
+
+    text = "abcd" * 400
+    config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=3, eval_every=0)
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[Record()])
+    trainer.fit()
+    assert [logs["step"] for logs in recorded] == [1, 2, 3]
+    first = recorded[0]
+    assert first["bpc"] == pytest.approx(first["loss"] / math.log(2))
+    # An untrained model over 4 characters starts near the uniform log(4) nats.
+    assert abs(first["loss"] - math.log(4)) < 0.3
+
+
+def test_epochs_set_the_step_limit_and_the_smaller_limit_wins():
+    text = "".join(np.random.default_rng(0).choice(list("abcdefgh"), 5000))
+    trainer, progress = train(text, epochs=1, units=8, seq_len=16, batch_size=8)
+    assert progress.step == corpus.steps_per_epoch(len(trainer.train_ids), 16, 8)
+    _, progress = train(text, epochs=1, steps=3, units=8, seq_len=16, batch_size=8)
+    assert progress.step == 3
+
+
+def test_stop_request_ends_training_and_is_reported():
+    class StopAtTwo(Callback):
+        def on_step_end(self, trainer, logs):
+            if logs["step"] == 2:
+                trainer.stop_requested = True
+
+    text = "abcdefgh" * 300
+    config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=50, eval_every=0)
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[StopAtTwo()])
+    progress = trainer.fit()
+    assert progress.step == 2 and trainer.stopped_by == "interrupt"
+    assert progress.last_val_bpc is not None  # the end of training always evaluates
+
+
+def test_stateful_training_carries_the_final_state_into_the_next_window():
+    text = "".join(np.random.default_rng(1).choice(list("abcdefgh"), 4000))
+    trainer, _ = train(text, stateful=True, steps=2, units=8, seq_len=16, batch_size=4)
+    states = trainer.carried_states
+    assert len(states) == 1 and np.abs(np.asarray(states[0][0])).sum() > 0  # not the zero start any more
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"units": 0}, "units"),
+        ({"mode": "guess"}, "mode"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"mode": "teacher-forcing", "stateful": True}, "stateful"),
+    ],
+)
+def test_invalid_settings_name_the_option(overrides, named):
+    with pytest.raises(ChargenError, match=named):
+        TrainingConfig(**overrides)
