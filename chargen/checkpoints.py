@@ -54,12 +54,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _read_json(path: Path, what: str, run: Path) -> dict:
+    """A JSON object from a run's file; a missing, unparsable or non-object file is a ChargenError."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ChargenError(f"run {run} has no {what} ({Path(path).name}); it is not a complete chargen run") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise ChargenError(f"run {run} has a damaged {what} ({Path(path).name}: {error}); delete the run or restore the file") from None
+    if not isinstance(data, dict):
+        raise ChargenError(f"run {run} has a damaged {what} ({Path(path).name} holds a JSON {type(data).__name__}, "
+                           "not an object); delete the run or restore the file")
+    return data
 
 
 class Run:
@@ -94,12 +99,16 @@ class Run:
         if not (path / "config.json").is_file():
             raise ChargenError(f"{path} is not a chargen run (no config.json); train one with `chargen train`")
         run = cls(path)
-        version = run.config.get("format_version")
+        config = run.config
+        version = config.get("format_version")
         if version != FORMAT_VERSION:
             raise ChargenError(
                 f"run {path} was written in checkpoint format {version!r}, and this chargen reads format "
                 f"{FORMAT_VERSION}; use the chargen version that wrote it (see its config.json)"
             )
+        if not isinstance(config.get("training"), dict):
+            raise ChargenError(f"run {path} has a damaged config (config.json has no \"training\" object); "
+                               "delete the run or restore the file")
         return run
 
     @property

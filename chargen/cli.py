@@ -142,7 +142,7 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
     from chargen import checkpoints, training
     from chargen.reporting import ProgressBar, Preview
 
-    limits = {name: options[name] for name in LIMIT_OPTIONS}
+    limits = _given_limits(ctx, options)  # on --resume, what the command line changes
     callbacks = [] if quiet else [ProgressBar(), *([Preview(preview_length)] if preview_length > 0 else [])]
     strategy, device_name = _use_device(device)
     with strategy.scope():
@@ -186,6 +186,20 @@ def _refuse_changed_options(ctx, saved: dict, options: dict) -> None:
         if given and options[name] != saved[name]:
             flag = "--" + {"num_layers": "layers"}.get(name, name).replace("_", "-")
             raise ChargenError(f"{flag} {options[name]} differs from the resumed run's {saved[name]}; a resumed run keeps its settings (only --steps, --epochs, --time-limit and --eval-every may change)")
+
+
+def _given_limits(ctx, options: dict) -> dict:
+    """On --resume, the limits given on the command line; the others keep the run's saved values.
+
+    Giving any of --steps, --epochs and --time-limit replaces all three (those not given are lifted), so
+    `--resume --steps N` trains to step N whatever limit stopped the run before; giving none keeps the
+    saved ones, so a plain `--resume` finishes what the run set out to do. --eval-every keeps the saved
+    interval unless given.
+    """
+    given = {name for name in LIMIT_OPTIONS if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if given & {"steps", "epochs", "time_limit"}:
+        given |= {"steps", "epochs", "time_limit"}
+    return {name: options[name] for name in given}
 
 
 def _fit_until_interrupted(trainer) -> str:
@@ -348,7 +362,7 @@ def corpus():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--order", type=int, default=2, show_default=True, help="markov: characters of context.")
 @click.option("--alphabet-size", type=int, default=8, show_default=True, help="markov: distinct characters.")
-@click.option("--concentration", type=float, default=0.3, show_default=True, help="markov: Dirichlet concentration (small: peaked).")
+@click.option("--concentration", type=float, default=0.2, show_default=True, help="markov: Dirichlet concentration (small: peaked).")
 @click.option("--lag", type=int, default=8, show_default=True, help="recall: filler characters between a key and its repeat.")
 @click.option("--keys", "num_keys", type=int, default=4, show_default=True, help="recall: distinct keys.")
 @click.option("--filler-size", type=int, default=2, show_default=True, help="recall: distinct filler characters.")

@@ -25,6 +25,7 @@ from chargen.sampling.base import (
     StrategyError,
     TokenSampler,
     class_problems,
+    describe_error,
     format_value,
     parse_options,
 )
@@ -127,7 +128,7 @@ def _construct(cls: type[Strategy], options: dict[str, Any], label: str) -> Stra
     try:
         return cls(**options)
     except Exception as error:
-        raise AssertionError(f"{label} could not be built with options {options}: {type(error).__name__}: {error}") from error
+        raise AssertionError(f"{label} could not be built with options {options}: {describe_error(error)}") from error
 
 
 def _check_options(cls: type[Strategy], label: str) -> None:
@@ -141,7 +142,13 @@ def _check_options(cls: type[Strategy], label: str) -> None:
 
 
 def _check_config(strategy: Strategy, label: str) -> None:
-    config = strategy.get_config()
+    try:
+        config = strategy.get_config()
+    except Exception as error:
+        raise AssertionError(
+            f"{label}: get_config() failed ({describe_error(error)}); store each option as an attribute "
+            "of the same name, or override get_config"
+        ) from error
     names = [option.name for option in strategy.options]
     if sorted(config) != sorted(names):
         raise AssertionError(f"{label}: get_config() must return exactly the options {names}. Received: {sorted(config)}")
@@ -151,7 +158,10 @@ def _check_config(strategy: Strategy, label: str) -> None:
                 f"{label}: option {option.name!r} is declared {option.type.__name__} but the instance holds "
                 f"{config[option.name]!r}"
             )
-    rebuilt = type(strategy).from_config(config).get_config()
+    try:
+        rebuilt = type(strategy).from_config(config).get_config()
+    except Exception as error:
+        raise AssertionError(f"{label}: from_config(get_config()) failed: {describe_error(error)}") from error
     if rebuilt != config:
         raise AssertionError(f"{label}: from_config(get_config()) does not round-trip. Received: {config} then {rebuilt}")
 

@@ -392,8 +392,10 @@ def test_corpus_synth_recall(tmp_path):
     out = tmp_path / "recall.txt"
     result = run_cli("corpus", "synth", "recall", "--output", out, "--length", "2000", "--seed", "1", "--lag", "4")
     assert result.exit_code == 0, result.output
-    assert len(out.read_text(encoding="utf-8")) == 2000
-    assert _floor(result.output) >= 0
+    text = out.read_text(encoding="utf-8")
+    assert len(text) == 2000 - 2000 % 7  # whole records of key + 4 filler + key + newline
+    assert all(record[0] == record[-1] and len(record) == 6 for record in text.splitlines())
+    assert _floor(result.output) == pytest.approx((2 + 4 * 1) / 7, abs=1e-4)  # 4 keys, 2 fillers, lag 4
     assert "bits per character" in result.output
 
 

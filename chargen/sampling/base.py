@@ -282,10 +282,10 @@ def parse_options(cls: type[Strategy], pairs: Sequence[str]) -> dict[str, Any]:
 
 def check_logits(logits: np.ndarray) -> None:
     """Refuse logits with which no choice makes sense: NaN or +inf anywhere, or a row that is all -inf."""
-    _check_row_peaks(logits, logits.max(axis=-1))
+    _check_row_peaks(logits.max(axis=-1))
 
 
-def _check_row_peaks(logits: np.ndarray, peaks: np.ndarray) -> None:
+def _check_row_peaks(peaks: np.ndarray) -> None:
     """The row maxima tell all three problems (NaN propagates through max), so the check costs one max."""
     if np.isfinite(peaks).all():
         return
@@ -299,7 +299,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities float64[batch, vocab] from logits, stable for large logits; -inf becomes 0."""
     logits = np.asarray(logits, dtype=np.float64)
     peaks = logits.max(axis=-1, keepdims=True)
-    _check_row_peaks(logits, peaks)
+    _check_row_peaks(peaks)
     exponentials = np.exp(logits - peaks)
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
 
@@ -308,7 +308,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-probabilities float64[batch, vocab]; -inf stays -inf."""
     logits = np.asarray(logits, dtype=np.float64)
     peaks = logits.max(axis=-1, keepdims=True)
-    _check_row_peaks(logits, peaks)
+    _check_row_peaks(peaks)
     shifted = logits - peaks
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
