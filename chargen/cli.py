@@ -162,7 +162,13 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
             f"device {device_name}; run {run_path}" + (f", from step {trainer.progress.step}" if resume else ""),
             err=True,
         )
-        stopped = _fit_until_interrupted(trainer)
+        limit = trainer.step_limit()
+        if resume and limit is not None and trainer.progress.step >= limit:
+            click.echo(f"the run already reached step {trainer.progress.step}, its limit; pass a larger --steps "
+                       "(or --epochs, --time-limit) to train it further", err=True)
+            stopped = "steps"
+        else:
+            stopped = _fit_until_interrupted(trainer)
     progress = trainer.progress
     summary = f"step {progress.step}"
     if progress.last_val_bpc is not None:

@@ -52,12 +52,10 @@ class CharModel(keras.Model):
         super().__init__(**kwargs)
         if cell not in CELLS:
             raise ValueError(f"unknown cell; choose one of {', '.join(CELLS)}. Received: cell={cell!r}")
-        if num_layers < 1 or units < 1 or embedding_dim < 1 or vocab_size < 1:
-            raise ValueError(
-                "vocab_size, num_layers, units and embedding_dim must be positive. "
-                f"Received: vocab_size={vocab_size}, num_layers={num_layers}, units={units}, "
-                f"embedding_dim={embedding_dim}"
-            )
+        sizes = {"vocab_size": vocab_size, "num_layers": num_layers, "units": units, "embedding_dim": embedding_dim}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
         self.vocab_size, self.cell_kind, self.num_layers = vocab_size, cell, num_layers

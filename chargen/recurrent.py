@@ -75,7 +75,8 @@ class Recurrent(keras.layers.Layer):
         self.cell = cell
 
     def build(self, input_shape):
-        self.cell.build((input_shape[0], input_shape[-1]))
+        if not self.cell.built:
+            self.cell.build((input_shape[0], input_shape[-1]))
 
     def call(self, inputs, initial_state=None, training=False, through_time=True):
         if initial_state is None:

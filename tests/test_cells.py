@@ -201,8 +201,8 @@ def fuse(*blocks):
     return sum(blocks, [])
 
 
-def run_by_recurrent(cell, xs, initial):
-    """Feed a batch of one sequence through `Recurrent` in float64; returns plain nested lists."""
+def layer_for(cell, xs, initial):
+    """A float64 `Recurrent` around `cell`, with the batch-of-one input and initial state as tensors."""
     layer = Recurrent(cell, dtype="float64")
     x = tf.constant([xs], dtype=tf.float64)  # (1, time, input_dim)
     layer.build(x.shape)
@@ -229,7 +229,7 @@ def test_simple_rnn_by_hand():
     xs = [[1.0], [-0.5]]
     h = [0.2, -0.1]
     cell = SimpleRNNCell(2, dtype="float64")
-    layer, x, initial = run_by_recurrent(cell, xs, [h])
+    layer, x, initial = layer_for(cell, xs, [h])
     assign(cell, input_kernel=w, recurrent_kernel=u, bias=b)
 
     outputs = []
@@ -253,7 +253,7 @@ def test_gru_by_hand(reset_after):
     xs = [[1.0, -0.5], [0.25, 2.0]]
     h = [0.3, -0.6]
     cell = GRUCell(2, reset_after=reset_after, dtype="float64")
-    layer, x, initial = run_by_recurrent(cell, xs, [h])
+    layer, x, initial = layer_for(cell, xs, [h])
     assign(
         cell,
         input_kernel=fuse(g["w_z"], g["w_r"], g["w_h"]),
@@ -289,7 +289,7 @@ def test_lstm_by_hand():
     xs = [[0.5, -1.0], [1.5, 0.25]]
     h, c = [-0.2, 0.4], [0.5, -0.3]
     cell = LSTMCell(2, dtype="float64")
-    layer, x, initial = run_by_recurrent(cell, xs, [h, c])
+    layer, x, initial = layer_for(cell, xs, [h, c])
     order = "ifgo"
     assign(
         cell,

@@ -300,3 +300,27 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
         np.testing.assert_allclose(resumed_slot, whole_slot, atol=1e-6, rtol=0)
     # the resumed run's sampled text is the uninterrupted run's
     assert sample_text(split_run, 1, 30) == sample_text(whole_run, 1, 30)
+
+
+def test_plain_resume_finishes_the_saved_limit_with_the_saved_interval(trained, tmp_path):
+    checkpoint_dir = tmp_path / "checkpoints"
+    shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
+    config_path = checkpoint_dir / "trip" / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["training"]["steps"] = 6  # as if the run, meant for 6 steps, had been stopped at step 4
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "trip", "--checkpoint-dir", checkpoint_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "step 6:" in result.stdout
+    assert [record["step"] for record in metrics(checkpoint_dir / "trip")] == [2, 4, 6]  # --eval-every 2 kept
+
+
+def test_resuming_a_finished_run_changes_nothing(trained, tmp_path):
+    checkpoint_dir = tmp_path / "checkpoints"
+    shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
+    before = last_snapshot(checkpoint_dir / "trip")
+    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "trip", "--checkpoint-dir", checkpoint_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "already reached step 4" in result.stderr and "--steps" in result.stderr
+    assert last_snapshot(checkpoint_dir / "trip") == before
+    assert [record["step"] for record in metrics(checkpoint_dir / "trip")] == [2, 4]

@@ -185,14 +185,7 @@ def test_invalid_arguments_raise_value_error(argument, value):
         CharModel(**options)
 
 
-NON_INTEGER_BUG = (
-    "model.py CharModel.__init__ checks only `< 1`: a non-integer num_layers raises TypeError from "
-    "range(), and a non-integer vocab_size / embedding_dim gets Keras's Embedding error naming "
-    "input_dim / output_dim instead (fix: check isinstance(..., int) for all four)"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=NON_INTEGER_BUG)
 @pytest.mark.parametrize("argument", ["num_layers", "vocab_size", "embedding_dim"])
 def test_non_integer_sizes_raise_value_error_naming_them(argument):
     options = dict(vocab_size=VOCAB, num_layers=2, embedding_dim=3, units=4)
