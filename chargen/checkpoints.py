@@ -222,9 +222,18 @@ class Run:
     # Metrics -----------------------------------------------------------------------------------
 
     def append_metrics(self, record: dict) -> None:
-        """One JSON line per evaluation; a reader skips a torn last line (see `metrics`)."""
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        """One JSON line per evaluation; a reader skips a torn last line (see `metrics`).
+
+        A line torn by a kill is ended first, so the record after it (from the resumed run) stays whole.
+        """
+        path = self.path / "metrics.jsonl"
+        torn = False
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, "rb") as file:
+                file.seek(-1, os.SEEK_END)
+                torn = file.read(1) != b"\n"
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(("\n" if torn else "") + json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 from datetime import datetime
@@ -176,7 +177,10 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
     click.echo(summary)
     click.echo(f"run saved in {run_path}; sample it with: chargen sample {run_path}")
     if stopped == "interrupt":
-        click.echo(f"interrupted and saved; continue with: chargen train {' '.join(corpus_paths)} --resume --run-name {run_path.name} --checkpoint-dir {checkpoint_dir}", err=True)
+        again = ["chargen", "train", *corpus_paths, "--resume", "--run-name", run_path.name, "--checkpoint-dir", str(checkpoint_dir)]
+        again += ["--encoding", encoding] if encoding != "utf-8" else []
+        again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
+        click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
         ctx.exit(INTERRUPTED)
 
 
