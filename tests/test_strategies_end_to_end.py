@@ -1,0 +1,58 @@
+"""Every installed strategy, built-in and plugin, through `chargen sample` on one trained run."""
+
+import importlib.metadata
+
+import pytest
+from click.testing import CliRunner
+
+from chargen.cli import cli
+
+BUILT_IN = ["greedy", "random", "top-k", "top-p", "min-p", "typical", "beam"]
+TEXT = "the cat sat on the mat. the dog sat on the log. " * 120
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("strategies")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    result = CliRunner().invoke(cli, [
+        "train", str(corpus), "--layers", "1", "--units", "32", "--embedding-dim", "8", "--seq-len", "32",
+        "--batch-size", "16", "--steps", "150", "--eval-every", "0", "--learning-rate", "0.01", "--quiet",
+        "--checkpoint-dir", str(folder / "runs"), "--run-name", "tiny",
+    ])
+    assert result.exit_code == 0, result.output
+    return folder / "runs" / "tiny"
+
+
+def sample(run, *arguments):
+    return CliRunner().invoke(cli, ["sample", str(run), "--no-stream", *arguments])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", BUILT_IN)
+def test_each_built_in_strategy_generates_text_the_model_learned(trained_run, strategy):
+    result = sample(trained_run, "--strategy", strategy, "--prime", "the ", "--length", "60", "--seed", "3", "--temperature", "0.5")
+    assert result.exit_code == 0, result.output
+    text = result.output.rstrip("\n")
+    assert text.startswith("the ") and len(text) == 64
+    assert set(text) <= set(TEXT)
+    # 150 steps on a two-sentence corpus is enough for the common words to come out.
+    assert any(word in text for word in ("cat", "dog", "sat", "the")), text
+    again = sample(trained_run, "--strategy", strategy, "--prime", "the ", "--length", "60", "--seed", "3", "--temperature", "0.5")
+    assert again.output == result.output
+
+
+@pytest.mark.slow
+def test_the_mirostat_plugin_runs_through_the_cli(trained_run):
+    try:
+        importlib.metadata.distribution("chargen-mirostat")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the example plugin is not installed (make test installs it)")
+    listing = CliRunner().invoke(cli, ["samplers"])
+    assert "mirostat" in listing.output and "chargen-mirostat" in listing.output
+    result = sample(trained_run, "--strategy", "mirostat", "-o", "tau=1.5", "--length", "80", "--seed", "1", "--num-samples", "3")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("--- sample") == 3
+    bad = sample(trained_run, "--strategy", "mirostat", "-o", "tau=abc")
+    assert bad.exit_code != 0 and "tau" in bad.output and "Traceback" not in bad.output
