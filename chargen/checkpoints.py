@@ -185,6 +185,10 @@ class Run:
         import chargen.model  # noqa: F401  (registers the classes the file names)
 
         path = self.snapshot_path(which) / "model.keras"
+        if not path.is_file():
+            raise ChargenError(f"the model file {path} is missing; delete that snapshot or the run")
+        if not zipfile.is_zipfile(path):  # Keras would call a damaged file "not found"
+            raise ChargenError(f"cannot load the model in {path} (not a .keras zip archive); the file is damaged: delete that snapshot or the run")
         try:
             return keras.saving.load_model(path, safe_mode=True)
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 from datetime import datetime
@@ -169,7 +170,12 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
                        "(or --epochs, --time-limit) to train it further", err=True)
             stopped = "steps"
         else:
-            stopped = _fit_until_interrupted(trainer)
+            try:
+                stopped = _fit_until_interrupted(trainer)
+            except BaseException:
+                if not resume:
+                    _discard_unsaved_run(run_path)
+                raise
     progress = trainer.progress
     summary = f"step {progress.step}"
     if progress.last_val_bpc is not None:
@@ -210,6 +216,15 @@ def _given_limits(ctx, options: dict) -> dict:
     if given & {"steps", "epochs", "time_limit"}:
         given |= {"steps", "epochs", "time_limit"}
     return {name: options[name] for name in given}
+
+
+def _discard_unsaved_run(path: Path) -> None:
+    """Remove a run this command created if it failed before its first save (e.g. a text too short for
+    stateful streams): it holds nothing to keep, and left behind it would block its --run-name and be
+    the run `chargen sample` picks as the newest."""
+    snapshots = path / "snapshots"
+    if snapshots.is_dir() and all(p.name.startswith(".tmp-") for p in snapshots.iterdir()):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _fit_until_interrupted(trainer) -> str:

@@ -36,12 +36,18 @@ def run_cli(*args, **kwargs):
     return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
 
 
-def assert_user_error(result, *fragments: str) -> str:
-    """Non-zero exit, one line on stderr naming the problem, no traceback; returns the line."""
+def assert_user_error(result, *fragments: str, after_start: bool = False) -> str:
+    """Non-zero exit, one line on stderr naming the problem, no traceback; returns the line.
+
+    after_start: the mistake shows once training has started, after its one status line.
+    """
     assert result.exit_code not in (0, None), result.output
     assert "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.stderr.strip().splitlines()
+    if after_start:
+        assert lines and lines[0].startswith("training "), result.stderr
+        lines = lines[1:]
     assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
     line = lines[0]
     assert line.startswith("Error: "), line
@@ -403,3 +409,49 @@ def test_corpus_synth_needs_an_output():
     result = run_cli("corpus", "synth", "markov")
     assert result.exit_code == 2
     assert "--output" in result.output
+
+
+def test_a_new_run_that_fails_before_its_first_save_leaves_nothing(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text(("abc def ghi " * 9)[:100], encoding="utf-8")  # too short for 8 stateful streams of 16
+    result = run_cli("train", short, *TINY, "--stateful", "--checkpoint-dir", tmp_path / "ck", "--run-name", "st")
+    assert_user_error(result, "stateful", "129", after_start=True)
+    assert not (tmp_path / "ck" / "st").exists()  # the name stays free and `sample` does not pick it
+
+
+def test_an_existing_folder_is_never_removed_on_failure(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    mine = tmp_path / "ck" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("precious")
+    result = run_cli("train", corpus, *TINY, "--checkpoint-dir", tmp_path / "ck", "--run-name", "mine")
+    assert_user_error(result, "already exists")
+    assert (mine / "keep.txt").read_text() == "precious"
+
+
+def test_interrupt_exits_130_with_a_resume_command_that_works(tmp_path, monkeypatch):
+    import shlex
+
+    import chargen.cli
+
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    corpus = folder / "latin.txt"
+    corpus.write_bytes(("café crème brûlée " * 300).encode("latin-1"))
+    real_fit = chargen.cli._fit_until_interrupted
+
+    def interrupted_fit(trainer):  # as if Ctrl-C came before the first step
+        trainer.stop_requested = True
+        return real_fit(trainer)
+
+    monkeypatch.setattr(chargen.cli, "_fit_until_interrupted", interrupted_fit)
+    result = run_cli("train", corpus, *TINY, "--encoding", "latin-1", "--checkpoint-dir", folder / "ck", "--run-name", "int")
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output
+    hint = next(line for line in result.stderr.splitlines() if "continue with:" in line)
+    command = shlex.split(hint.split("continue with:", 1)[1])
+    assert command[:2] == ["chargen", "train"] and "--resume" in command and "latin-1" in command
+    monkeypatch.undo()
+    resumed = run_cli(*command[1:], "--steps", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert "from step 0" in resumed.stderr and "step 2:" in resumed.stdout

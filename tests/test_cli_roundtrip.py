@@ -265,7 +265,6 @@ def _optimizer_state(run: Path) -> list[np.ndarray]:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stateful", [False, True], ids=["windows", "stateful"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, stateful):
     corpus = trained["corpus"]

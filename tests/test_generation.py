@@ -135,6 +135,29 @@ def test_stepper_does_not_change_the_state_it_is_given():
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.parametrize("cell", KINDS)
+def test_step_results_are_not_overwritten_by_later_steps(cell):
+    """The stepper reuses scratch arrays; what it returned must stay as it was (strategies may keep it)."""
+    model = random_model(cell, num_layers=2, units=8)
+    stepper = NumpyStepper(model)
+    logits, state = stepper.step(np.array([1, 2]), stepper.initial_state(2))
+    kept = [logits.copy()] + [s.copy() for s in state]
+    for ids in ([3, 4], [5, 6], [0, 0]):
+        stepper.step(np.array(ids), state)
+    for a, b in zip([logits, *state], kept):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_stepper_serves_several_batch_sizes():
+    model = random_model("gru", num_layers=2, units=8)
+    stepper = NumpyStepper(model)
+    single, _ = stepper.step(np.array([4]), stepper.initial_state(1))
+    triple, _ = stepper.step(np.array([4, 4, 4]), stepper.initial_state(3))
+    again, _ = stepper.step(np.array([4]), stepper.initial_state(1))
+    np.testing.assert_allclose(triple, np.repeat(single, 3, axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(again, single)
+
+
 # ----------------------------------------------------------------------------------------------------
 # generate()
 

@@ -1,0 +1,57 @@
+"""Bits per character after a short, fixed training budget: BPTT against teacher forcing.
+
+A small LSTM is trained on tiny shakespeare (read in place from ../shared/corpora; never copied) for
+the same number of steps, on the same batches (same seed), in each mode, and scored on the
+validation tail (the last 10%, nanoGPT's split) with the state carried across windows, by chargen's
+own evaluator. The training time of each run is reported too: teacher forcing takes cheaper steps,
+so at an equal time budget it would see more text. Skipped when the corpus is not there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from bench.common import ROOT
+
+CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+MODES = ("bptt", "teacher-forcing")
+
+
+def sizes(quick: bool) -> dict:
+    base = {"cell": "lstm", "layers": 2, "units": 128, "embedding": 32, "batch": 32, "window": 100}
+    return {**base, "steps": 60 if quick else 400}
+
+
+def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
+    if not corpus_path.is_file():
+        return {"skipped": f"{corpus_path} not found"}
+    from chargen.corpus import read_corpus, split_ids
+    from chargen.training import Trainer, TrainingConfig, build_model
+    from chargen.vocab import Vocabulary
+
+    size = sizes(quick)
+    corpus = read_corpus(corpus_path)
+    vocab = Vocabulary.from_text(corpus.text)
+    ids = vocab.encode(corpus.text)
+    train_ids, val_ids = split_ids(ids, 0.1, size["window"])
+    rows = []
+    for mode in MODES:
+        config = TrainingConfig(
+            cell=size["cell"], num_layers=size["layers"], units=size["units"], embedding_dim=size["embedding"],
+            seq_len=size["window"], batch_size=size["batch"], mode=mode, steps=size["steps"], eval_every=0,
+            seed=0,
+        )
+        model = build_model(config, len(vocab))
+        trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab)
+        start = time.perf_counter()
+        progress = trainer.fit()
+        seconds = time.perf_counter() - start
+        rows.append({
+            "mode": mode, "steps": progress.step, "chars_seen": progress.chars_seen,
+            "val_bpc": progress.last_val_bpc, "seconds_with_evaluation": seconds,
+        })
+        log(f"    {mode}: {progress.last_val_bpc:.3f} bits/char after {progress.step} steps ({seconds:.0f} s)")
+    return {"corpus": str(corpus_path), "characters": len(ids), "sha256": corpus.sha256, "vocab": len(vocab),
+            "uniform_bpc": math.log2(len(vocab)), "sizes": size, "rows": rows}

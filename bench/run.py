@@ -1,0 +1,216 @@
+"""chargen benchmarks: training throughput against Keras's built-in layers, generation speed, and
+bits per character after a short training budget. Prints tables and writes JSON to bench/results/.
+
+    python -m bench            # the full run (about 5 to 10 minutes on 2 cores)
+    python -m bench --quick    # small sizes, about 2 minutes: a check that everything runs
+    python bench/run.py ...    # the same
+
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    BLAS_VARIABLE,
+    RESULTS,
+    ROOT,
+    blas_setting,
+    format_number,
+    machine,
+    print_table,
+    quiet_tensorflow,
+)
+
+SECTIONS = ("generation", "training", "quality")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def other_blas_environment() -> tuple[str, dict]:
+    """The environment with OPENBLAS_CORETYPE toggled: Haswell if unset here, unset if set here."""
+    env = dict(os.environ)
+    if env.get(BLAS_VARIABLE):
+        del env[BLAS_VARIABLE]
+        return "auto", env
+    env[BLAS_VARIABLE] = "Haswell"
+    return "Haswell", env
+
+
+def run_other_blas(quick: bool) -> dict:
+    """The NumpyStepper figures in a child process under the other OPENBLAS_CORETYPE setting."""
+    label, env = other_blas_environment()
+    command = [sys.executable, "-m", "bench.generation_speed", "--child"] + (["--quick"] if quick else [])
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return {"blas": label, "error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables
+
+
+def print_machine(info: dict) -> None:
+    print(f"Machine: {info['cpu']}, {info['cores']} cores; load average {info['load_average']}; "
+          f"numpy {info['numpy']} ({info['numpy_blas']}), OPENBLAS_CORETYPE={info['environment'][BLAS_VARIABLE] or 'unset'}")
+    if "tensorflow" in info:
+        print(f"TensorFlow {info['tensorflow']}, Keras {info['keras']}, chargen {info['chargen']}, Python {info['python']}")
+
+
+def print_training(result: dict) -> None:
+    size = result["sizes"]
+    rows = []
+    for row in result["rows"]:
+        timing = row["seconds_per_step"]
+        rows.append([
+            row["cell"], row["variant"], format_number(row["chars_per_second"]),
+            format_number(timing["median"] * 1000), f"{timing['min'] * 1000:,.0f}-{timing['max'] * 1000:,.0f}",
+            f"{row['ratio_to_keras']:.2f}x", format_number(row["compile_seconds"], 1), format_number(row["parameters"]),
+        ])
+    print_table(
+        f"Training throughput: {size['layers']} layers x {size['units']} units, embedding {size['embedding']}, "
+        f"batch {size['batch']}, window {size['window']}, vocab {result['vocab']} "
+        f"(median of {size['rounds']} interleaved steps)",
+        ["cell", "step", "chars/s", "ms/step", "range ms", "vs Keras", "compile s", "parameters"],
+        rows,
+        "vs Keras: Keras seconds per step / this step's (above 1 = faster than keras.layers.SimpleRNN/GRU/LSTM). "
+        "Keras has no teacher-forcing mode; both chargen modes are compared with its BPTT step.",
+    )
+
+
+def print_generation(result: dict, other: dict | None) -> None:
+    net = result["network"]
+    title = (f"Generation speed: {net['layers']}-layer {net['units']}-unit {net['cell'].upper()}, vocab {net['vocab']}, "
+             "strategy random; characters per second, all rows together")
+    reference = {b: result["tf_function_step"][b]["chars_per_second"] for b in ("1", "64")}
+    rows = []
+
+    def add(label, figures, batch, target=None):
+        value = figures[batch]["chars_per_second"]
+        met = "" if target is None else ("yes" if value >= target else "NO")
+        rows.append([label, batch, format_number(value), f"{value / reference[batch]:.1f}x",
+                     "" if target is None else format_number(target), met])
+
+    for batch in ("1", "64"):
+        add(f"generate + NumpyStepper [BLAS {result['blas']}]", result["generate"], batch, result["targets"][int(batch)])
+        if other and "generate" in other:
+            add(f"generate + NumpyStepper [BLAS {other['blas']}]", other["generate"], batch, result["targets"][int(batch)])
+        add(f"NumpyStepper step alone [BLAS {result['blas']}]", result["step"], batch)
+        if other and "step" in other:
+            add(f"NumpyStepper step alone [BLAS {other['blas']}]", other["step"], batch)
+        add("tf.function step per character", result["tf_function_step"], batch)
+        add("Keras model per character (eager)", result["keras_eager"], batch)
+    note = "vs tf.fn: chars/s over the compiled tf.function step's at the same batch."
+    if other and "error" in other:
+        note += f"\nThe run under BLAS {other['blas']} failed: {other['error']}"
+    print_table(title, ["path", "batch", "chars/s", "vs tf.fn", "target", "met"], rows, note)
+
+    profile = result["profile_microseconds"]
+    parts = list(profile["1"])
+    step = {b: result["step"][b]["microseconds_per_step"] for b in ("1", "64")}
+    rows = [[part, format_number(profile["1"][part], 1), format_number(profile["64"][part], 1)] for part in parts]
+    rows.append(["whole network step (measured)", format_number(step["1"], 1), format_number(step["64"], 1)])
+    print_table("Where a step's time goes (microseconds, NumpyStepper)", ["part", "batch 1", "batch 64"], rows)
+
+    rows = []
+    by_name = {}
+    for row in result["strategies"]:
+        by_name.setdefault(row["strategy"], {})[row["batch"]] = row
+    for name, figures in by_name.items():
+        cells = [name]
+        for batch in (1, 64):
+            row = figures[batch]
+            cells += [format_number(row["microseconds_per_step"], 1), f"{row['percent_of_network_step']:.0f}%"]
+        rows.append(cells)
+    print_table(
+        "Strategy cost per step (microseconds, with generate's checks; % of the network step at that batch)",
+        ["strategy", "batch 1", "% step", "batch 64", "% step"], rows,
+        "beam (default width 4): its own work per generated character with a stub network; "
+        "through the real network it also runs width x batch rows per step.",
+    )
+
+
+def print_quality(result: dict) -> None:
+    if "skipped" in result:
+        print(f"\nBits per character: skipped ({result['skipped']})")
+        return
+    size = result["sizes"]
+    rows = [[row["mode"], format_number(row["steps"]), format_number(row["chars_seen"]), f"{row['val_bpc']:.3f}",
+             format_number(row["seconds_with_evaluation"], 1)] for row in result["rows"]]
+    print_table(
+        f"Bits per character on the validation tail of tiny shakespeare ({result['characters']:,} characters), "
+        f"{size['cell'].upper()} {size['layers']} x {size['units']}, batch {size['batch']}, window {size['window']}",
+        ["mode", "steps", "chars seen", "val bits/char", "seconds"], rows,
+        f"Uniform guessing: {result['uniform_bpc']:.2f} bits/char. Same seed, same batches in both modes.",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and fewer repeats: a fast check")
+    parser.add_argument("--skip", action="append", choices=SECTIONS, default=[], help="leave a section out (repeatable)")
+    parser.add_argument("--cells", default="rnn,gru,lstm", help="cells for the training figures, comma-separated")
+    parser.add_argument("--no-other-blas", action="store_true",
+                        help=f"do not repeat the generation figures with {BLAS_VARIABLE} toggled")
+    parser.add_argument("--output", type=Path, help="JSON file to write (default: bench/results/bench-<time>.json)")
+    arguments = parser.parse_args(argv)
+    quiet_tensorflow()
+    started = time.perf_counter()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = {"command": " ".join([Path(sys.executable).name, "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+               "quick": arguments.quick, "started": stamp}
+    results["machine_before"] = machine(packages=True)
+    print_machine(results["machine_before"])
+
+    if "generation" not in arguments.skip:
+        from bench import generation_speed
+
+        log(f"Generation (BLAS {blas_setting()}) ...")
+        results["generation"] = generation_speed.run(arguments.quick, log=log)
+        if not arguments.no_other_blas:
+            log(f"Generation under the other {BLAS_VARIABLE} setting (child process) ...")
+            results["generation_other_blas"] = run_other_blas(arguments.quick)
+        print_generation(results["generation"], results.get("generation_other_blas"))
+    if "training" not in arguments.skip:
+        from bench import training_speed
+
+        log("Training throughput ...")
+        cells = [c.strip() for c in arguments.cells.split(",") if c.strip()]
+        results["training"] = training_speed.run(arguments.quick, cells=cells, log=log)
+        print_training(results["training"])
+    if "quality" not in arguments.skip:
+        from bench import quality
+
+        log("Bits per character after a short training budget ...")
+        results["quality"] = quality.run(arguments.quick, log=log)
+        print_quality(results["quality"])
+
+    results["machine_after"] = machine(packages=False)
+    results["elapsed_seconds"] = time.perf_counter() - started
+    output = arguments.output or RESULTS / f"bench-{stamp}{'-quick' if arguments.quick else ''}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"\nLoad average after: {results['machine_after']['load_average']}; "
+          f"took {results['elapsed_seconds'] / 60:.1f} min; JSON: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
