@@ -57,6 +57,14 @@ class TrainingConfig:
     def __post_init__(self):
         validate(self)
 
+    @classmethod
+    def from_saved(cls, saved: dict, **changes) -> TrainingConfig:
+        """The config recorded in a run, with `changes` applied; a damaged record is the user's to fix."""
+        try:
+            return cls(**{**saved, **changes})
+        except TypeError as error:
+            raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); the file is damaged") from None
+
     def model_arguments(self) -> dict:
         return {
             "cell": self.cell,
@@ -247,6 +255,9 @@ class Trainer:
         """Train until a limit is reached or `stop_requested` is set; returns the progress reached."""
         config, progress = self.config, self.progress
         limit = self.step_limit()
+        if limit is not None and progress.step >= limit:
+            self.stopped_by = "steps"  # already there: nothing to train, evaluate or save
+            return progress
         deadline = time.monotonic() + config.time_limit if config.time_limit else None
         dataset = corpus.training_dataset(
             self.train_ids, config.seq_len, config.batch_size, config.seed,
@@ -379,7 +390,7 @@ def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks
             f"the corpus given differs from the one run {run.name} was trained on (sha256 {text_corpus.sha256[:12]}… "
             f"instead of {expected[:12]}…); pass the same files to resume, or start a new run"
         )
-    config = TrainingConfig(**{**saved["training"], **limits})
+    config = TrainingConfig.from_saved(saved["training"], **limits)
     vocab = run.vocabulary()
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
     model = run.load_model("last")
@@ -394,7 +405,7 @@ def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks
 
 def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best") -> dict:
     """Bits per character and perplexity (per character) of a saved model on a text."""
-    config = TrainingConfig(**run.config["training"])
+    config = TrainingConfig.from_saved(run.config["training"])
     ids = run.vocabulary().encode(text_corpus.text)
     total, count = Evaluator(run.load_model(which), config.seq_len, config.batch_size).score(ids)
     nats = total / count

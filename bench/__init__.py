@@ -1,0 +1,1 @@
+"""chargen's benchmarks: `python -m bench` (see bench/README.md)."""
