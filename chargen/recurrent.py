@@ -9,6 +9,10 @@ at once as one batch of `batch * time` independent single steps. Each step's err
 the shared weights through that step alone, and the backward pass is one large batched step instead
 of a chain through time, which is why this mode costs less per character.
 
+The cell types chargen ships also have a fused teacher-forcing path (`fused.py`) that saves the
+gate activations in the loop and computes the batched backward pass by hand instead of recomputing
+every step; the generic path here stays the reference it is tested against.
+
 This is the one place the loop lives, so it can be made faster without touching the cells. The loop
 is TensorFlow's (`tf.while_loop`), the backend chargen supports; the cells stay in `keras.ops`.
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from keras import ops
+
+from chargen import fused as fused_kernels
 
 
 def run_cell(cell, inputs, initial_state, return_all_states: bool = False):
@@ -50,6 +56,8 @@ class Recurrent(keras.layers.Layer):
 
     Args:
         cell: a chargen cell (or its serialized config), anything with `call` and `state_size`.
+        fused: in teacher forcing, use the cell type's fused kernel (`fused.py`) when it has one;
+            False always takes the generic path, the reference the fused kernels are tested against.
 
     Call arguments:
         inputs: `(batch, time, features)`.
@@ -64,8 +72,9 @@ class Recurrent(keras.layers.Layer):
         >>> outputs, [h, c] = layer(ops.ones((4, 10, 8)))
     """
 
-    def __init__(self, cell, **kwargs):
+    def __init__(self, cell, fused: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.fused = bool(fused)
         if isinstance(cell, dict):
             cell = keras.saving.deserialize_keras_object(cell)
         if not hasattr(cell, "call") or not hasattr(cell, "state_size"):
@@ -84,6 +93,8 @@ class Recurrent(keras.layers.Layer):
         if through_time:
             outputs, final_state, _ = run_cell(self.cell, inputs, initial_state)
             return outputs, final_state
+        if self.fused and fused_kernels.fusable(self.cell):
+            return fused_kernels.teacher_forced(self.cell, inputs, initial_state)
         return self._teacher_forced(inputs, initial_state)
 
     def _teacher_forced(self, inputs, initial_state):
@@ -113,4 +124,4 @@ class Recurrent(keras.layers.Layer):
         )
 
     def get_config(self):
-        return {**super().get_config(), "cell": keras.saving.serialize_keras_object(self.cell)}
+        return {**super().get_config(), "cell": keras.saving.serialize_keras_object(self.cell), "fused": self.fused}

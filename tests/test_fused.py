@@ -1,0 +1,65 @@
+"""The fused teacher-forcing kernels are held equal to the generic path, outputs and gradients, per cell."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from chargen import fused
+from chargen.cells import GRUCell, LSTMCell, SimpleRNNCell
+from chargen.model import CharModel
+from chargen.recurrent import Recurrent
+
+CELLS = {
+    "rnn": lambda: SimpleRNNCell(5, dtype="float64"),
+    "gru": lambda: GRUCell(5, dtype="float64"),
+    "gru-reset-after": lambda: GRUCell(5, reset_after=True, dtype="float64"),
+    "lstm": lambda: LSTMCell(5, dtype="float64"),
+}
+
+
+@pytest.mark.parametrize("kind", CELLS)
+def test_fused_kernel_equals_the_generic_teacher_forcing_path(kind):
+    rng = np.random.default_rng(7)
+    cell = CELLS[kind]()
+    layer = Recurrent(cell, fused=False, dtype="float64")
+    inputs = tf.constant(rng.normal(size=(3, 9, 4)))
+    layer(inputs)
+    for weight in cell.weights:  # non-trivial weights, every bias too
+        weight.assign(rng.normal(scale=0.6, size=weight.shape))
+    initial = [tf.constant(rng.normal(size=(3, 5))) for _ in cell.state_size]
+    upstream = tf.constant(rng.normal(size=(3, 9, 5)))
+
+    def run(teacher_forced):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs, final = teacher_forced()
+            loss = tf.reduce_sum(outputs * upstream)
+        return outputs, final, tape.gradient(loss, [inputs, *cell.trainable_weights])
+
+    reference = run(lambda: layer(inputs, initial_state=initial, through_time=False))
+    fast = run(lambda: fused.teacher_forced(cell, inputs, initial))
+    np.testing.assert_allclose(fast[0], reference[0], rtol=0, atol=1e-12)
+    for mine, theirs in zip(fast[1], reference[1]):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12)
+    assert len(fast[2]) == len(reference[2]) == 1 + len(cell.trainable_weights)
+    for mine, theirs in zip(fast[2], reference[2]):
+        assert np.abs(theirs).max() > 1e-3  # every gradient is exercised
+        np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell):
+    model = CharModel(11, cell=cell, num_layers=2, units=6, embedding_dim=3)
+    model.build()
+    ids = tf.constant(np.random.default_rng(1).integers(0, 11, size=(2, 8)))
+
+    def gradients(fused_flag):
+        for layer in model.recurrent_layers:
+            layer.fused = fused_flag
+        with tf.GradientTape() as tape:
+            logits, _ = model(ids, through_time=False)
+            loss = tf.reduce_mean(logits ** 2)
+        return tape.gradient(loss, model.trainable_variables)
+
+    for fast, reference in zip(gradients(True), gradients(False)):
+        np.testing.assert_allclose(tf.convert_to_tensor(fast), tf.convert_to_tensor(reference), rtol=1e-4, atol=1e-6)
