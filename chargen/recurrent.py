@@ -9,9 +9,9 @@ at once as one batch of `batch * time` independent single steps. Each step's err
 the shared weights through that step alone, and the backward pass is one large batched step instead
 of a chain through time, which is why this mode costs less per character.
 
-The cell types chargen ships also have a fused teacher-forcing path (`fused.py`) that saves the
-gate activations in the loop and computes the batched backward pass by hand instead of recomputing
-every step; the generic path here stays the reference it is tested against.
+The cell types chargen ships also have a fused path for both modes (`fused.py`): it saves the gate
+activations in the loop and writes the backward pass out by hand, with every weight gradient one
+batched product. The generic path here stays the reference it is tested against.
 
 This is the one place the loop lives, so it can be made faster without touching the cells. The loop
 is TensorFlow's (`tf.while_loop`), the backend chargen supports; the cells stay in `keras.ops`.
@@ -56,8 +56,8 @@ class Recurrent(keras.layers.Layer):
 
     Args:
         cell: a chargen cell (or its serialized config), anything with `call` and `state_size`.
-        fused: in teacher forcing, use the cell type's fused kernel (`fused.py`) when it has one;
-            False always takes the generic path, the reference the fused kernels are tested against.
+        fused: use the cell type's fused kernel (`fused.py`) when it has one; False always takes
+            the generic path, the reference the fused kernels are tested against.
 
     Call arguments:
         inputs: `(batch, time, features)`.
@@ -90,11 +90,11 @@ class Recurrent(keras.layers.Layer):
     def call(self, inputs, initial_state=None, training=False, through_time=True):
         if initial_state is None:
             initial_state = self.cell.get_initial_state(ops.shape(inputs)[0], inputs.dtype)
+        if self.fused and fused_kernels.fusable(self.cell):
+            return fused_kernels.run(self.cell, inputs, initial_state, through_time)
         if through_time:
             outputs, final_state, _ = run_cell(self.cell, inputs, initial_state)
             return outputs, final_state
-        if self.fused and fused_kernels.fusable(self.cell):
-            return fused_kernels.teacher_forced(self.cell, inputs, initial_state)
         return self._teacher_forced(inputs, initial_state)
 
     def _teacher_forced(self, inputs, initial_state):

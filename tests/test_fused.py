@@ -1,4 +1,4 @@
-"""The fused teacher-forcing kernels are held equal to the generic path, outputs and gradients, per cell."""
+"""The fused kernels are held equal to the generic path, outputs and gradients, per cell and mode."""
 
 import numpy as np
 import pytest
@@ -17,8 +17,9 @@ CELLS = {
 }
 
 
+@pytest.mark.parametrize("through_time", [True, False], ids=["bptt", "teacher-forcing"])
 @pytest.mark.parametrize("kind", CELLS)
-def test_fused_kernel_equals_the_generic_teacher_forcing_path(kind):
+def test_fused_kernel_equals_the_generic_path(kind, through_time):
     rng = np.random.default_rng(7)
     cell = CELLS[kind]()
     layer = Recurrent(cell, fused=False, dtype="float64")
@@ -28,27 +29,33 @@ def test_fused_kernel_equals_the_generic_teacher_forcing_path(kind):
         weight.assign(rng.normal(scale=0.6, size=weight.shape))
     initial = [tf.constant(rng.normal(size=(3, 5))) for _ in cell.state_size]
     upstream = tf.constant(rng.normal(size=(3, 9, 5)))
+    final_upstream = [tf.constant(rng.normal(size=(3, 5))) for _ in cell.state_size]
 
-    def run(teacher_forced):
+    def run(path):
         with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            outputs, final = teacher_forced()
-            loss = tf.reduce_sum(outputs * upstream)
-        return outputs, final, tape.gradient(loss, [inputs, *cell.trainable_weights])
+            tape.watch([inputs, *initial])
+            outputs, final = path()
+            # The loss reads the final states too, so their gradient path is checked as well.
+            loss = tf.reduce_sum(outputs * upstream) + sum(tf.reduce_sum(s * u) for s, u in zip(final, final_upstream))
+        sources = [inputs, *initial, *cell.trainable_weights]
+        gradients = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return outputs, final, gradients
 
-    reference = run(lambda: layer(inputs, initial_state=initial, through_time=False))
-    fast = run(lambda: fused.teacher_forced(cell, inputs, initial))
+    reference = run(lambda: layer(inputs, initial_state=initial, through_time=through_time))
+    fast = run(lambda: fused.run(cell, inputs, initial, through_time))
     np.testing.assert_allclose(fast[0], reference[0], rtol=0, atol=1e-12)
     for mine, theirs in zip(fast[1], reference[1]):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12)
-    assert len(fast[2]) == len(reference[2]) == 1 + len(cell.trainable_weights)
-    for mine, theirs in zip(fast[2], reference[2]):
-        assert np.abs(theirs).max() > 1e-3  # every gradient is exercised
+    assert len(fast[2]) == len(reference[2]) == 1 + len(initial) + len(cell.trainable_weights)
+    for index, (mine, theirs) in enumerate(zip(fast[2], reference[2])):
+        if through_time or not 1 <= index <= len(initial):  # teacher forcing: no gradient into the initial state
+            assert np.abs(theirs).max() > 1e-3  # every gradient is exercised
         np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("through_time", [True, False], ids=["bptt", "teacher-forcing"])
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell):
+def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell, through_time):
     model = CharModel(11, cell=cell, num_layers=2, units=6, embedding_dim=3)
     model.build()
     ids = tf.constant(np.random.default_rng(1).integers(0, 11, size=(2, 8)))
@@ -57,7 +64,7 @@ def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell):
         for layer in model.recurrent_layers:
             layer.fused = fused_flag
         with tf.GradientTape() as tape:
-            logits, _ = model(ids, through_time=False)
+            logits, _ = model(ids, through_time=through_time)
             loss = tf.reduce_mean(logits ** 2)
         return tape.gradient(loss, model.trainable_variables)
 
