@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from chargen.cells import make_cell
 from chargen.recurrent import Recurrent
+from gradcheck import central_difference, relative_error
 
 CASES = [
     pytest.param("rnn", {}, id="rnn"),
@@ -105,27 +106,6 @@ def test_teacher_forcing_computes_the_same_values(kind, kwargs):
 
 
 # --- The two modes' gradients ----------------------------------------------------------------------------
-
-
-def central_difference(f, variable, eps=1e-6):
-    base = variable.numpy().copy()
-    grad = np.zeros_like(base)
-    for index in np.ndindex(base.shape):
-        shifted = base.copy()
-        shifted[index] += eps
-        variable.assign(shifted)
-        plus = float(f())
-        shifted[index] -= 2 * eps
-        variable.assign(shifted)
-        minus = float(f())
-        grad[index] = (plus - minus) / (2 * eps)
-    variable.assign(base)
-    return grad
-
-
-def relative_error(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30)
 
 
 def layer_gradients(layer, x, initial, loss_of_outputs, through_time):
