@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml plugins/chargen-mirostat/pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/chargen train builtin:python-docs --layers 2 --units 256 --seq-len 100 --batch-size 32 \
-		--time-limit $(DEMO_SECONDS) --eval-every 100
-	$(BIN)/chargen sample --length 400 --temperature 0.8 --seed 1
+	$(BIN)/chargen train builtin:python-docs --layers 2 --units 128 --seq-len 64 --batch-size 32 \
+		--learning-rate 0.005 --time-limit $(DEMO_SECONDS) --eval-every 150 --preview-length 60
+	$(BIN)/chargen sample --length 300 --temperature 0.7 --seed 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
