@@ -89,6 +89,7 @@ def _forward(kernel, projected, initial_state, weights):
 
     def body(t, state, collected):
         new_state, saved = kernel.step(by_step.read(t), list(state), weights)
+        keep_shapes(new_state, state)
         values = (new_state[0], *saved)
         return t + 1, tuple(new_state), tuple(ta.write(t, v) for ta, v in zip(collected, values))
 
@@ -97,6 +98,17 @@ def _forward(kernel, projected, initial_state, weights):
     )
     stacked = [ta.stack() for ta in collected]  # each (time, batch, size)
     return stacked[0], list(final_state), stacked[1:]
+
+
+def keep_shapes(new_state, state) -> None:
+    """Give a loop's new state the static shape it entered with.
+
+    A state whose batch size is known can meet inputs whose batch size is not (a layer above the
+    first reads the layer below's stacked outputs); `tf.while_loop` refuses a loop variable whose
+    shape gets less specific, though at run time the sizes agree.
+    """
+    for new, old in zip(new_state, state):
+        new.set_shape(old.shape)
 
 
 def _backward_through_time(kernel, d_outputs, d_final_state, outputs, saved, previous, weights, units):
@@ -111,6 +123,7 @@ def _backward_through_time(kernel, d_outputs, d_final_state, outputs, saved, pre
             d_h, carried[1] if len(carried) > 1 else None, outputs[t], [s[t] for s in saved],
             [p[t] for p in previous], weights, units, chain=True,
         )
+        keep_shapes(d_previous, carried)
         return t - 1, tuple(d_previous), collected.write(t, d_pre)
 
     _, d_initial, collected = tf.while_loop(

@@ -40,6 +40,7 @@ def run_cell(cell, inputs, initial_state, return_all_states: bool = False):
 
     def body(t, state, collected):
         output, new_state = cell(inputs_by_step.read(t), list(state))
+        fused_kernels.keep_shapes(new_state, state)
         values = (output, *new_state)[:num_collected]
         return t + 1, tuple(new_state), tuple(ta.write(t, v) for ta, v in zip(collected, values))
 

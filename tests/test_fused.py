@@ -70,3 +70,16 @@ def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell, t
 
     for fast, reference in zip(gradients(True), gradients(False)):
         np.testing.assert_allclose(tf.convert_to_tensor(fast), tf.convert_to_tensor(reference), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused_flag", [True, False], ids=["fused", "generic"])
+def test_a_traced_model_with_a_fixed_batch_of_one_runs(fused_flag):
+    # The second layer's inputs come out of the first layer's loop with an unknown batch size,
+    # while the states given to it have a known one: the loop must accept both.
+    model = CharModel(10, cell="rnn", num_layers=2, units=8, embedding_dim=4)
+    model.build()
+    for layer in model.recurrent_layers:
+        layer.fused = fused_flag
+    traced = tf.function(lambda ids, states: model(ids, states=states))
+    logits, states = traced(tf.zeros((1, 3), tf.int32), model.initial_states(1))
+    assert logits.shape == (1, 3, 10) and states[1][0].shape == (1, 8)
