@@ -7,7 +7,8 @@ weights, since speed does not depend on what the weights learned. Measured here:
   (`--num-samples 64`), characters per second in total, against the issue's targets;
 - the stepper alone (the network's step with no sampling), and a breakdown of one step;
 - reference points: the Keras model called once per character (eager), and one compiled
-  `tf.function` step per character, both sampling with the same strategy;
+  `tf.function` step per character, both sampling with the same strategy; and the whole loop
+  in one TensorFlow graph (sampling with `tf.random.categorical`, so no plugin could run there);
 - the cost of each built-in strategy per step at batch 1 and 64 (beam: per generated character,
   with a stub network, so only the strategy's own work is counted).
 
@@ -38,8 +39,8 @@ def sizes(quick: bool) -> dict:
     if quick:
         return {"length_1": 400, "length_64": 60, "repeats": 3, "keras_steps": 5, "function_steps_1": 150,
                 "function_steps_64": 40, "strategy_calls": 200}
-    return {"length_1": 2000, "length_64": 250, "repeats": 5, "keras_steps": 10, "function_steps_1": 400,
-            "function_steps_64": 120, "strategy_calls": 1000}
+    return {"length_1": 1000, "length_64": 120, "repeats": 9, "keras_steps": 10, "function_steps_1": 300,
+            "function_steps_64": 80, "strategy_calls": 1000}
 
 
 def vocabulary():
@@ -95,27 +96,35 @@ def measure_stepper(stepper, batch: int, steps: int, repeats: int) -> dict:
     run()
     timing = summary([time_once(run) / steps for _ in range(repeats)])
     return {"batch": batch, "microseconds_per_step": timing["median"] * 1e6, "seconds_per_step": timing,
-            "chars_per_second": batch / timing["median"]}
+            "chars_per_second": batch / timing["median"], "best_chars_per_second": batch / timing["min"]}
 
 
 def profile_step(stepper, batch: int, steps: int, repeats: int) -> dict:
-    """Where one step's time goes: each layer's step, the logits product, and the `random` strategy."""
+    """Where one step's time goes: the input lookup, each layer's input product and cell step, the
+    logits product, and the `random` strategy. Reads `NumpyStepper`'s internals, so it reports what it
+    could not time rather than failing if they change."""
     from chargen.sampling import SamplingContext
 
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, VOCAB_SIZE, batch)
-    state = [rng.normal(0, 0.3, s.shape).astype(np.float32) for s in stepper.initial_state(batch)]
-    parts = {}
-    projected = stepper.first_projection[ids]
-    parts["input lookup (first layer)"] = lambda: stepper.first_projection[ids]
-    position, x = 0, None
-    for index, layer in enumerate(stepper.layers):
-        layer_state = state[position:position + layer.num_states]
-        parts[f"layer {index + 1} step"] = (lambda layer=layer, x=x, s=layer_state: layer.step(x, projected, s))
-        x = layer.step(x, projected, layer_state)[0]
-        position += layer.num_states
-    parts["logits product"] = lambda: x @ stepper.head_kernel + stepper.head_bias
-    logits = x @ stepper.head_kernel + stepper.head_bias
+    try:
+        rng = np.random.default_rng(0)
+        ids = rng.integers(0, VOCAB_SIZE, batch)
+        state = [rng.normal(0, 0.3, s.shape).astype(np.float32) for s in stepper.initial_state(batch)]
+        parts = {"input lookup (first layer)": lambda: stepper.first_projection[ids]}
+        projected = stepper.first_projection[ids]
+        position = 0
+        for index, (layer, count) in enumerate(zip(stepper.layers, stepper.states_per_layer)):
+            layer_state = state[position:position + count]
+            if index > 0:
+                parts[f"layer {index + 1} input product"] = lambda layer=layer, x=x: x @ layer.input_kernel + layer.bias
+                projected = x @ layer.input_kernel + layer.bias
+            parts[f"layer {index + 1} recurrent product and gates"] = (
+                lambda layer=layer, p=projected, s=layer_state: layer.step(p, s))
+            x = layer.step(projected, layer_state)[0]
+            position += count
+        parts["logits product"] = lambda: x @ stepper.head_kernel + stepper.head_bias
+        logits = x @ stepper.head_kernel + stepper.head_bias
+    except (AttributeError, TypeError, ValueError) as error:
+        return {"unavailable": f"{type(error).__name__}: {error}"}
     sampler = strategy("random")
     context = SamplingContext(step=0, ids=np.zeros((batch, 1), np.int64), rng=np.random.default_rng(0), vocab=vocabulary())
     parts["random strategy (checked)"] = lambda: sampler.sample(logits, context)
@@ -150,7 +159,19 @@ def measure_keras_eager(model, vocab, batch: int, steps: int) -> dict:
         ids = sampler.sample(np.asarray(logits)[:, -1], context)[:, None].astype(np.int32)
         seconds.append(time.perf_counter() - start)
     timing = summary(seconds)
-    return {"batch": batch, "steps": steps, "seconds_per_step": timing, "chars_per_second": batch / timing["median"]}
+    return {"batch": batch, "steps": steps, "seconds_per_step": timing, "chars_per_second": batch / timing["median"],
+            "best_chars_per_second": batch / timing["min"]}
+
+
+def state_signature(model):
+    """Input specs for the model's states with the batch left open, so one trace serves every batch.
+
+    (A trace with a static batch of 1 currently fails in chargen's fused kernels for 2 or more layers:
+    the loop's state leaves its first step with shape (None, units) after entering as (1, units).)
+    """
+    import tensorflow as tf
+
+    return [[tf.TensorSpec((None, size), tf.float32) for size in layer.cell.state_size] for layer in model.recurrent_layers]
 
 
 def measure_tf_function(model, vocab, batch: int, steps: int, repeats: int) -> dict:
@@ -159,7 +180,7 @@ def measure_tf_function(model, vocab, batch: int, steps: int, repeats: int) -> d
 
     from chargen.sampling import SamplingContext
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec((None,), tf.int32), state_signature(model)])
     def one_step(ids, states):
         logits, states = model(ids[:, None], states=states)
         return logits[:, 0], states
@@ -177,7 +198,31 @@ def measure_tf_function(model, vocab, batch: int, steps: int, repeats: int) -> d
 
     run(0)  # trace and compile
     timing = summary([time_once(lambda r=r: run(r)) / steps for r in range(repeats)])
-    return {"batch": batch, "steps": steps, "seconds_per_step": timing, "chars_per_second": batch / timing["median"]}
+    return {"batch": batch, "steps": steps, "seconds_per_step": timing, "chars_per_second": batch / timing["median"],
+            "best_chars_per_second": batch / timing["min"]}
+
+
+def measure_graph_loop(model, batch: int, steps: int, repeats: int) -> dict:
+    """The whole generation loop inside one compiled graph (`tf.while_loop`, `tf.random.categorical`).
+
+    The upper bound for TensorFlow here, but no numpy strategy can run inside it: for reference only.
+    """
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None,), tf.int32), state_signature(model), tf.TensorSpec((), tf.int32)])
+    def loop(ids, states, count):
+        def body(t, ids, states):
+            logits, states = model(ids[:, None], states=states)
+            return t + 1, tf.cast(tf.random.categorical(logits[:, 0], 1)[:, 0], tf.int32), states
+
+        _, ids, _ = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), ids, states))
+        return ids
+
+    ids, states = tf.zeros(batch, tf.int32), model.initial_states(batch)
+    loop(ids, states, tf.constant(2)).numpy()  # trace and compile
+    timing = summary([time_once(lambda: loop(ids, states, tf.constant(steps)).numpy()) / steps for _ in range(repeats)])
+    return {"batch": batch, "steps": steps, "seconds_per_step": timing, "chars_per_second": batch / timing["median"],
+            "best_chars_per_second": batch / timing["min"]}
 
 
 def measure_strategies(stepper, vocab, batches: tuple[int, ...], calls: int, repeats: int, network: dict) -> list[dict]:
@@ -264,7 +309,8 @@ def run(quick: bool, log=print) -> dict:
     for batch in (1, 64):
         figure = measure_generate(stepper, vocab, batch, size[f"length_{batch}"], size["repeats"])
         figure["target"] = TARGETS[batch]
-        figure["met"] = figure["chars_per_second"] >= TARGETS[batch]
+        figure["met"] = figure["chars_per_second"] >= TARGETS[batch]  # by the median repeat
+        figure["met_by_best"] = figure["best_chars_per_second"] >= TARGETS[batch]
         result["generate"][str(batch)] = figure
     log("  the step alone and its breakdown ...")
     result["step"] = {str(b): measure_stepper(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)}
@@ -273,6 +319,9 @@ def run(quick: bool, log=print) -> dict:
     result["keras_eager"] = {str(b): measure_keras_eager(model, vocab, b, size["keras_steps"]) for b in (1, 64)}
     result["tf_function_step"] = {
         str(b): measure_tf_function(model, vocab, b, size[f"function_steps_{b}"], size["repeats"]) for b in (1, 64)
+    }
+    result["graph_loop"] = {
+        str(b): measure_graph_loop(model, b, 2 * size[f"function_steps_{b}"], size["repeats"]) for b in (1, 64)
     }
     log("  strategies ...")
     network = {b: result["step"][str(b)] for b in (1, 64)}

@@ -3,8 +3,9 @@
 A small LSTM is trained on tiny shakespeare (read in place from ../shared/corpora; never copied) for
 the same number of steps, on the same batches (same seed), in each mode, and scored on the
 validation tail (the last 10%, nanoGPT's split) with the state carried across windows, by chargen's
-own evaluator. The training time of each run is reported too: teacher forcing takes cheaper steps,
-so at an equal time budget it would see more text. Skipped when the corpus is not there.
+own evaluator, a few times along the way (the curve). The training time of each run (evaluations
+excluded) is reported too: teacher forcing takes cheaper steps, so at an equal time budget it would
+see more text. Skipped when the corpus is not there.
 """
 
 from __future__ import annotations
@@ -14,14 +15,25 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT
+from chargen.training import Callback
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 MODES = ("bptt", "teacher-forcing")
 
 
+class Curve(Callback):
+    """Keeps (step, validation bits per character) at each evaluation."""
+
+    def __init__(self):
+        self.points: list[tuple[int, float]] = []
+
+    def on_evaluate(self, trainer, logs: dict) -> None:
+        self.points.append((logs["step"], logs["val_bpc"]))
+
+
 def sizes(quick: bool) -> dict:
     base = {"cell": "lstm", "layers": 2, "units": 128, "embedding": 32, "batch": 32, "window": 100}
-    return {**base, "steps": 60 if quick else 400}
+    return {**base, "steps": 60 if quick else 1000, "evaluations": 2 if quick else 4}
 
 
 def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
@@ -40,17 +52,30 @@ def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
     for mode in MODES:
         config = TrainingConfig(
             cell=size["cell"], num_layers=size["layers"], units=size["units"], embedding_dim=size["embedding"],
-            seq_len=size["window"], batch_size=size["batch"], mode=mode, steps=size["steps"], eval_every=0,
-            seed=0,
+            seq_len=size["window"], batch_size=size["batch"], mode=mode, steps=size["steps"],
+            eval_every=size["steps"] // size["evaluations"], seed=0,
         )
         model = build_model(config, len(vocab))
-        trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab)
+        curve = Curve()
+        trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab, callbacks=[curve])
+        evaluate = trainer.evaluate
+        evaluation_seconds = []
+
+        def timed_evaluate(ids, evaluate=evaluate, evaluation_seconds=evaluation_seconds):
+            start = time.perf_counter()
+            try:
+                return evaluate(ids)
+            finally:
+                evaluation_seconds.append(time.perf_counter() - start)
+
+        trainer.evaluate = timed_evaluate
         start = time.perf_counter()
         progress = trainer.fit()
         seconds = time.perf_counter() - start
         rows.append({
             "mode": mode, "steps": progress.step, "chars_seen": progress.chars_seen,
-            "val_bpc": progress.last_val_bpc, "seconds_with_evaluation": seconds,
+            "val_bpc": progress.last_val_bpc, "curve": curve.points,
+            "training_seconds": seconds - sum(evaluation_seconds), "evaluation_seconds": sum(evaluation_seconds),
         })
         log(f"    {mode}: {progress.last_val_bpc:.3f} bits/char after {progress.step} steps ({seconds:.0f} s)")
     return {"corpus": str(corpus_path), "characters": len(ids), "sha256": corpus.sha256, "vocab": len(vocab),

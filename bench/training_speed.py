@@ -1,10 +1,13 @@
 """Training throughput: chargen's training step against Keras's built-in recurrent layers.
 
-For each cell (rnn, gru, lstm) three steps are compiled and timed in the same process:
+For each cell (rnn, gru, lstm) these steps are compiled and timed in the same process:
 
 - chargen, mode bptt: `chargen.training.Trainer`'s own compiled step (`CharModel(..., through_time=True)`,
   mean cross-entropy, `tf.GradientTape`, Adam with global-norm clipping), exactly what `fit` calls;
 - chargen, mode teacher-forcing: the same with `through_time=False`;
+- the same two with the recurrent layers switched to the generic path (`Recurrent.fused = False`:
+  the cell's `call` in a loop, differentiated automatically), the reference the fused kernels are
+  tested against, so the fused kernels' own gain shows;
 - Keras: `keras.Sequential([Embedding, SimpleRNN/GRU/LSTM(return_sequences=True) x layers, Dense])`
   with the same sizes (the parameter counts are checked equal), trained by the same step written out
   (same loss, tape, Adam and clipping) in a `tf.function`. Keras's GRU is built with
@@ -12,7 +15,7 @@ For each cell (rnn, gru, lstm) three steps are compiled and timed in the same pr
   mode: both chargen modes are compared with this one Keras step.
 
 After compiling and warming up, the variants are timed in interleaved rounds (one step of each per
-round), so a burst of load on the shared machine hits all three alike; each figure is the median.
+round), so a burst of load on the shared machine hits all alike; each figure is the median.
 Throughput is training characters per second: batch x window / seconds per step.
 """
 
@@ -32,11 +35,16 @@ CELLS = ("rnn", "gru", "lstm")
 def sizes(quick: bool) -> dict:
     if quick:
         return {"layers": 2, "units": 128, "embedding": 64, "batch": 32, "window": 50, "rounds": 4, "warmup": 2}
-    return {"layers": 2, "units": 512, "embedding": 64, "batch": 64, "window": 100, "rounds": 5, "warmup": 1}
+    return {"layers": 2, "units": 512, "embedding": 64, "batch": 64, "window": 100, "rounds": 9, "warmup": 2}
 
 
-def chargen_step(cell: str, mode: str, size: dict):
-    """Trainer's compiled step for a new model; returns (step function, parameter count)."""
+def chargen_step(cell: str, mode: str, size: dict, fused: bool = True):
+    """Trainer's compiled step for a new model; returns (step function, parameter count).
+
+    `fused=False` switches every recurrent layer to the generic path (the cell's `call` in a loop,
+    differentiated automatically), the reference the fused kernels are tested against; None when
+    this version of chargen has no such switch.
+    """
     from chargen.training import Trainer, TrainingConfig, build_model
 
     config = TrainingConfig(
@@ -45,6 +53,11 @@ def chargen_step(cell: str, mode: str, size: dict):
         clip_norm=CLIP_NORM, seed=0,
     )
     model = build_model(config, VOCAB_SIZE)
+    if not fused:
+        if not all(hasattr(layer, "fused") for layer in model.recurrent_layers):
+            return None
+        for layer in model.recurrent_layers:
+            layer.fused = False
     ids = np.zeros(4 * size["window"], np.int32)
     trainer = Trainer(model, config, train_ids=ids, val_ids=ids[:0])
 
@@ -88,7 +101,7 @@ def keras_step(cell: str, size: dict):
 
 
 def measure_cell(cell: str, size: dict, log=print) -> dict:
-    """Compile the three steps of one cell, then time them in interleaved rounds."""
+    """Compile the steps of one cell, then time them in interleaved rounds."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -100,8 +113,13 @@ def measure_cell(cell: str, size: dict, log=print) -> dict:
         ("keras", lambda: keras_step(cell, size)),
         ("chargen bptt", lambda: chargen_step(cell, "bptt", size)),
         ("chargen teacher-forcing", lambda: chargen_step(cell, "teacher-forcing", size)),
+        ("chargen bptt, generic path", lambda: chargen_step(cell, "bptt", size, fused=False)),
+        ("chargen teacher-forcing, generic path", lambda: chargen_step(cell, "teacher-forcing", size, fused=False)),
     ):
-        step, parameters = build()
+        built = build()
+        if built is None:
+            continue
+        step, parameters = built
         compile_seconds = time_once(lambda step=step: float(step(inputs, targets)))
         for _ in range(size["warmup"]):
             float(step(inputs, targets))
@@ -110,6 +128,9 @@ def measure_cell(cell: str, size: dict, log=print) -> dict:
     counts = {v["parameters"] for v in variants.values()}
     if len(counts) != 1:
         raise RuntimeError(f"{cell}: the models differ in size: {[(n, v['parameters']) for n, v in variants.items()]}")
+    for variant in variants.values():  # one untimed round after all are built, then a clean heap
+        float(variant["step"](inputs, targets))
+    gc.collect()
     for _ in range(size["rounds"]):
         for variant in variants.values():
             variant["times"].append(time_once(lambda step=variant["step"]: float(step(inputs, targets))))

@@ -5,12 +5,9 @@ recurrent state is carried from step to step, so a character costs one step, nev
 window. The step runs in numpy on weights pulled out of the Keras model (`NumpyStepper`): calling a
 compiled TensorFlow function per character costs about 300 microseconds of overhead alone, several
 times a whole numpy step at batch 1. `NumpyStepper` is the fast path; the Keras model is its
-reference, and the tests hold the two equal for every cell. What makes it fast: the first layer's
-input projection is a table lookup (embedding times input kernel plus bias, precomputed per
-character); above it, a layer's input and recurrent products are one product; one tanh serves every
-gate (sigmoid gates are halved in the weights); and scratch arrays are reused (`out=`), so a step
-allocates little besides the arrays it returns. At batch 1 a step is bound by reading the weights
-from memory (about 12 MB for a 2-layer, 512-unit LSTM), at batch 64 by the matrix products.
+reference, and the tests hold the two equal for every cell. Two tricks make it fast: the first
+layer's input projection is a table lookup (embedding times input kernel plus bias, precomputed per
+character), and the sigmoid is computed through one tanh.
 """
 
 from __future__ import annotations
@@ -25,149 +22,52 @@ from chargen.sampling import GuardedStrategy, SamplingContext
 from chargen.vocab import Vocabulary
 
 
-def _gate_layout(kind: str, units: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column order and scale that put a cell's sigmoid gates first, halved.
-
-    sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, and halving weights and biases halves a pre-activation
-    exactly (a power of two), so after this rearrangement one tanh over every gate column serves the
-    sigmoid gates and the tanh candidate alike. LSTM i, f, g, o becomes i, f, o, g; GRU z, r, h stays.
-    """
-    u = units
-    if kind == "lstm":
-        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
-        sigmoid_columns = 3 * u
-    elif kind == "gru":
-        order, sigmoid_columns = np.arange(3 * u), 2 * u
-    else:
-        order, sigmoid_columns = np.arange(u), 0
-    scale = np.ones(len(order), np.float32)
-    scale[:sigmoid_columns] = 0.5
-    return order, scale
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * np.tanh(0.5 * x) + 0.5
 
 
+@dataclass
 class _Layer:
-    """One recurrent layer's step in numpy, with its weights rearranged once so a step does little work.
+    kind: str  # "rnn", "gru" or "lstm"
+    units: int
+    input_kernel: np.ndarray  # (features, gates * units); None for the first layer (table instead)
+    recurrent_kernel: np.ndarray  # (units, gates * units)
+    bias: np.ndarray  # (gates * units,)
+    recurrent_bias: np.ndarray | None  # GRU reset_after only
+    reset_after: bool
 
-    - Gates: see `_gate_layout`; one tanh over all gates, then `0.5 * t + 0.5` on the sigmoid columns.
-    - Above the first layer the input and recurrent products are one product with the bias riding
-      along as a row: `[x, h, 1] @ [[W_x], [W_h], [b]]` (GRU: one such product for z and r, one for the
-      candidate with `r * h` in place of h; the rarely used reset-after GRU keeps two plain products).
-    - The first layer has no input product: `W_x x + b` is a table row per character (`NumpyStepper`).
-    - Scratch arrays are kept per batch size and written with `out=`; the arrays a step returns are new,
-      and the state it is given is never written to. One stepper serves one thread at a time.
-
-    Args:
-        kind: "rnn", "gru" or "lstm".
-        cell: the built chargen cell whose weights are copied (float32).
-        first: whether this is the first layer (its input arrives already projected).
-    """
-
-    def __init__(self, kind: str, cell, first: bool):
-        self.kind, self.units, self.first = kind, cell.units, first
-        self.reset_after = bool(getattr(cell, "reset_after", False))
-        self.num_states = 2 if kind == "lstm" else 1
-        u = self.units
-        order, scale = _gate_layout(kind, u)
-        self.input_kernel = np.asarray(cell.input_kernel, np.float32)[:, order] * scale  # (features, gates * u)
-        self.features = self.input_kernel.shape[0]
-        recurrent = np.asarray(cell.recurrent_kernel, np.float32)[:, order] * scale  # (u, gates * u)
-        self.bias = np.asarray(cell.bias, np.float32)[order] * scale  # (gates * u,)
-        self.recurrent_bias = (
-            np.asarray(cell.recurrent_bias, np.float32)[order] * scale if self.reset_after else None
-        )
-        self.recurrent_kernel = np.ascontiguousarray(recurrent)
-        if kind == "gru" and not self.reset_after:
-            self.recurrent_zr = np.ascontiguousarray(recurrent[:, :2 * u])
-            self.recurrent_h = np.ascontiguousarray(recurrent[:, 2 * u:])
-        if not first and not self.reset_after:  # fused [x, h, 1] products
-            stacked = np.vstack([self.input_kernel, recurrent, self.bias[None]])  # (features + u + 1, gates * u)
-            if kind == "gru":
-                self.fused_zr = np.ascontiguousarray(stacked[:, :2 * u])
-                self.fused_h = np.ascontiguousarray(stacked[:, 2 * u:])
-            else:
-                self.fused = np.ascontiguousarray(stacked)
-        self._scratch: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-
-    def scratch(self, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(gate pre-activations (batch, gates * u), the [x, h, 1] rows or None), made once per batch size."""
-        found = self._scratch.get(batch)
-        if found is None:
-            gates = self.input_kernel.shape[1]
-            xh = None
-            if not self.first and not self.reset_after:
-                xh = np.empty((batch, self.features + self.units + 1), np.float32)
-                xh[:, -1] = 1.0
-            found = self._scratch[batch] = (np.empty((batch, gates), np.float32), xh)
-        return found
-
-    def step(self, x: np.ndarray | None, projected: np.ndarray | None, state: list[np.ndarray]) -> list[np.ndarray]:
-        """The new state list. x: the layer below's output (batch, features), or for the first layer
-        `projected`, W_x x_t + b with this layer's gate layout (batch, gates * u)."""
-        u, h = self.units, state[0]
-        z, xh = self.scratch(len(h))
-        if xh is not None:
-            xh[:, :self.features] = x
-            xh[:, self.features:-1] = h
-        if self.kind == "lstm":
-            if self.first:
-                np.matmul(h, self.recurrent_kernel, out=z)
-                z += projected
-            else:
-                np.matmul(xh, self.fused, out=z)
-            np.tanh(z, out=z)
-            sigmoids = z[:, :3 * u]
-            sigmoids *= 0.5
-            sigmoids += 0.5
-            i, f, o, g = z[:, :u], z[:, u:2 * u], z[:, 2 * u:3 * u], z[:, 3 * u:]
-            c = f * state[1]
-            c += np.multiply(i, g, out=i)
-            h = np.tanh(c)
-            h *= o
-            return [h, c]
+    def step(self, projected_input: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
+        """One step of this layer's cell given W_x x_t + b already computed, (batch, gates * units)."""
+        units = self.units
         if self.kind == "rnn":
-            h = h @ self.recurrent_kernel + projected if self.first else xh @ self.fused
-            return [np.tanh(h, out=h)]
-        if self.reset_after:  # GRU, candidate tanh(x_h + r * (h @ W_hh + b'_h))
+            return [np.tanh(projected_input + state[0] @ self.recurrent_kernel)]
+        if self.kind == "lstm":
+            h, c = state
+            z = projected_input + h @ self.recurrent_kernel  # (batch, 4 * units): i, f, g, o
+            i, f, o = _sigmoid(z[:, :units]), _sigmoid(z[:, units:2 * units]), _sigmoid(z[:, 3 * units:])
+            c = f * c + i * np.tanh(z[:, 2 * units:3 * units])
+            return [o * np.tanh(c), c]
+        (h,) = state  # GRU, gates z, r, h
+        if self.reset_after:
             recurrent = h @ self.recurrent_kernel + self.recurrent_bias
-            projected = projected if self.first else x @ self.input_kernel + self.bias
-            zr = np.tanh(projected[:, :2 * u] + recurrent[:, :2 * u])
-            zr *= 0.5
-            zr += 0.5
-            candidate = recurrent[:, 2 * u:] * zr[:, u:]
-            candidate += projected[:, 2 * u:]
-        else:  # GRU, candidate tanh(x_h + (r * h) @ W_hh)
-            zr, candidate = z[:, :2 * u], z[:, 2 * u:]
-            if self.first:
-                np.matmul(h, self.recurrent_zr, out=zr)
-                zr += projected[:, :2 * u]
-            else:
-                np.matmul(xh, self.fused_zr, out=zr)
-            np.tanh(zr, out=zr)
-            zr *= 0.5
-            zr += 0.5
-            if self.first:
-                np.matmul(zr[:, u:] * h, self.recurrent_h, out=candidate)
-                candidate += projected[:, 2 * u:]
-            else:
-                np.multiply(zr[:, u:], h, out=xh[:, self.features:-1])  # r * h replaces h
-                np.matmul(xh, self.fused_h, out=candidate)
-        np.tanh(candidate, out=candidate)
-        new_h = h - candidate  # h_t = z * h + (1 - z) * candidate = candidate + z * (h - candidate)
-        new_h *= zr[:, :u]
-        new_h += candidate
-        return [new_h]
+            zr = _sigmoid(projected_input[:, :2 * units] + recurrent[:, :2 * units])
+            z, r = zr[:, :units], zr[:, units:]
+            candidate = np.tanh(projected_input[:, 2 * units:] + r * recurrent[:, 2 * units:])
+        else:
+            zr = _sigmoid(projected_input[:, :2 * units] + h @ self.recurrent_kernel[:, :2 * units])
+            z, r = zr[:, :units], zr[:, units:]
+            candidate = np.tanh(projected_input[:, 2 * units:] + (r * h) @ self.recurrent_kernel[:, 2 * units:])
+        return [z * h + (1.0 - z) * candidate]
 
 
 class NumpyStepper:
     """The model's one-step function in numpy: `step(ids, state) -> (logits, state)`.
 
     Args:
-        model: a built `CharModel`; its weights are copied out once (float32) and rearranged for speed
-            (see `_Layer`); the values computed are the model's, up to float32 rounding.
+        model: a built `CharModel`; its weights are copied out once (float32).
 
     The state is a flat list of `(batch, units)` arrays, layer by layer (LSTM: h then c), the form
-    sequence-level strategies receive. A step never writes into the state or logits it returned before,
-    so callers may keep, reorder or repeat rows freely.
+    sequence-level strategies receive.
 
     Example:
         >>> stepper = NumpyStepper(model)
@@ -177,30 +77,39 @@ class NumpyStepper:
 
     def __init__(self, model):
         self.vocab_size = model.vocab_size
-        self.layers = [
-            _Layer(model.cell_kind, layer.cell, first=index == 0) for index, layer in enumerate(model.recurrent_layers)
-        ]
+        self.layers: list[_Layer] = []
+        for layer in model.recurrent_layers:
+            cell = layer.cell
+            self.layers.append(_Layer(
+                kind=model.cell_kind,
+                units=cell.units,
+                input_kernel=np.asarray(cell.input_kernel, np.float32),
+                recurrent_kernel=np.asarray(cell.recurrent_kernel, np.float32),
+                bias=np.asarray(cell.bias, np.float32),
+                recurrent_bias=np.asarray(cell.recurrent_bias, np.float32) if getattr(cell, "reset_after", False) else None,
+                reset_after=getattr(cell, "reset_after", False),
+            ))
         embeddings = np.asarray(model.embedding.embeddings, np.float32)  # (vocab, embedding_dim)
         first = self.layers[0]
         self.first_projection = embeddings @ first.input_kernel + first.bias  # (vocab, gates * units)
         self.head_kernel = np.asarray(model.head.kernel, np.float32)  # (units, vocab)
         self.head_bias = np.asarray(model.head.bias, np.float32)  # (vocab,)
-        self.states_per_layer = [layer.num_states for layer in self.layers]
+        self.states_per_layer = [2 if layer.kind == "lstm" else 1 for layer in self.layers]
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, layer.units), np.float32) for layer in self.layers for _ in range(layer.num_states)]
+        return [np.zeros((batch, layer.units), np.float32) for layer, n in zip(self.layers, self.states_per_layer) for _ in range(n)]
 
     def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        projected = self.first_projection[ids]  # (batch, gates * units), a new array
-        new_state, position, x = [], 0, None
-        for layer in self.layers:
-            layer_state = layer.step(x, projected, state[position:position + layer.num_states])
+        projected = self.first_projection[ids]  # (batch, gates * units)
+        new_state, position = [], 0
+        for index, (layer, count) in enumerate(zip(self.layers, self.states_per_layer)):
+            if index > 0:
+                projected = x @ layer.input_kernel + layer.bias
+            layer_state = layer.step(projected, state[position:position + count])
             new_state.extend(layer_state)
-            position += layer.num_states
+            position += count
             x = layer_state[0]  # (batch, units)
-        logits = x @ self.head_kernel
-        logits += self.head_bias
-        return logits, new_state  # logits (batch, vocab)
+        return x @ self.head_kernel + self.head_bias, new_state  # logits (batch, vocab)
 
     def feed(self, ids: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         """Run a prime `(batch, time)` through the network, returning the state after it."""
