@@ -263,22 +263,29 @@ def _parse_strategy(strategy_name: str, option_pairs):
 @click.option("--stop", help="End a sample when this text appears (not included).")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print characters as they are produced (one sample, to a terminal).")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), help="Write the samples to this file instead.")
+@click.option("--candidates", is_flag=True, help="Sequence-level strategies (beam): print every candidate kept, with its log-probability.")
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved model of the run.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
-def sample(run, strategy, option_pairs, temperature, length, prime, num_samples, seed, stop, stream, output, which, checkpoint_dir):
+def sample(run, strategy, option_pairs, temperature, length, prime, num_samples, seed, stop, stream, output, candidates, which, checkpoint_dir):
     """Generate text from RUN (default: the newest run in --checkpoint-dir)."""
     if not temperature > 0:
         raise ChargenError(f"--temperature must be above 0 (for the single most likely text use --strategy greedy). Received: --temperature {temperature}")
     chosen = _parse_strategy(strategy, option_pairs)  # before TensorFlow loads: a bad option fails fast
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints
-    from chargen.generation import GenerationRequest, NumpyStepper, generate, validate_request
+    from chargen.generation import GenerationRequest, NumpyStepper, generate, generate_candidates, validate_request
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
     vocab = the_run.vocabulary()
     request = GenerationRequest(length=length, prime=prime, num_samples=num_samples, temperature=temperature, seed=seed, stop=stop)
     validate_request(request, vocab)
     stepper = NumpyStepper(the_run.load_model(which))
+    if candidates:
+        for index, row in enumerate(generate_candidates(stepper, vocab, chosen, request)):
+            for rank, (text, log_probability) in enumerate(row, 1):
+                click.echo(click.style(f"--- sample {index + 1}, candidate {rank}: log-probability {log_probability:.3f} nats ---", dim=True))
+                click.echo(text)
+        return
     live = stream and output is None and num_samples == 1 and sys.stdout.isatty()
     on_text = (lambda piece: click.echo(piece, nl=False)) if live else None
     texts = generate(stepper, vocab, chosen, request, on_text=on_text)

@@ -166,27 +166,51 @@ def generate(
         request: length, prime, batch, temperature, seed, stop text.
         on_text: called with each new piece of the first row's text as it is produced (streaming).
     """
-    validate_request(request, vocab)
-    prime_ids = start_ids(request.prime, vocab)
-    batch = request.num_samples
-    rows = np.tile(prime_ids[None, :].astype(np.int64), (batch, 1))  # (batch, prime)
-    state = stepper.feed(rows[:, :-1], stepper.initial_state(batch))
-    rng = np.random.default_rng(request.seed)
-    scale = 1.0 / request.temperature if strategy.stochastic else 1.0
+    rows, state, rng, scale = _start(stepper, vocab, strategy, request)
     sequence_level = strategy.kind == "sequence"
-
     if on_text is not None and request.prime:
         on_text(request.prime)
     if sequence_level:
-        generated = _generate_sequence(stepper, vocab, strategy, rows, state, request, rng, scale)
+        generated = _generate_sequence(stepper, vocab, strategy, rows, state, request, rng, scale).ids
     else:
         generated = _generate_tokens(stepper, vocab, strategy, rows, state, request, rng, scale, on_text)
-    texts = [vocab.decode(row) for row in generated]
-    if request.stop is not None:
-        texts = [text.split(request.stop, 1)[0] for text in texts]
+    texts = [_cut(vocab.decode(row), request.stop) for row in generated]
     if on_text is not None and sequence_level:
         on_text(texts[0])
     return [request.prime + text for text in texts]
+
+
+def generate_candidates(
+    stepper: NumpyStepper, vocab: Vocabulary, strategy: GuardedStrategy, request: GenerationRequest
+) -> list[list[tuple[str, float]]]:
+    """Every candidate a sequence-level strategy kept (beam search: every beam), best first, per row.
+
+    Each candidate is (prime + text, its log-probability in nats under the model).
+    """
+    if strategy.kind != "sequence":
+        raise ChargenError(f"{strategy.label} picks one character at a time and keeps no candidates; use a sequence-level strategy such as beam")
+    rows, state, rng, scale = _start(stepper, vocab, strategy, request)
+    result = _generate_sequence(stepper, vocab, strategy, rows, state, request, rng, scale)
+    if result.candidates is None or result.scores is None:
+        return [[(request.prime + _cut(vocab.decode(row), request.stop), float("nan"))] for row in result.ids]
+    return [
+        [(request.prime + _cut(vocab.decode(ids), request.stop), float(score)) for ids, score in zip(row_ids, row_scores)]
+        for row_ids, row_scores in zip(result.candidates, result.scores)
+    ]
+
+
+def _start(stepper, vocab, strategy, request):
+    """Validate, feed the prime (all but its last character) and seed: what every generation starts with."""
+    validate_request(request, vocab)
+    prime_ids = start_ids(request.prime, vocab)
+    rows = np.tile(prime_ids[None, :].astype(np.int64), (request.num_samples, 1))  # (batch, prime)
+    state = stepper.feed(rows[:, :-1], stepper.initial_state(request.num_samples))
+    scale = 1.0 / request.temperature if strategy.stochastic else 1.0
+    return rows, state, np.random.default_rng(request.seed), scale
+
+
+def _cut(text: str, stop: str | None) -> str:
+    return text.split(stop, 1)[0] if stop is not None else text
 
 
 def _generate_tokens(stepper, vocab, strategy, rows, state, request, rng, scale, on_text):
@@ -252,4 +276,4 @@ def _generate_sequence(stepper, vocab, strategy, rows, state, request, rng, scal
         return (logits * scale if scale != 1.0 else logits), state
 
     context = SamplingContext(step=0, ids=rows, rng=rng, vocab=vocab)
-    return strategy.generate(step, state, rows, request.length, context).ids
+    return strategy.generate(step, state, rows, request.length, context)

@@ -15,7 +15,7 @@ import tensorflow as tf
 import chargen.model
 from chargen.cells import GRUCell
 from chargen.errors import ChargenError
-from chargen.generation import GenerationRequest, NumpyStepper, generate
+from chargen.generation import GenerationRequest, NumpyStepper, generate, generate_candidates
 from chargen.model import CharModel
 from chargen.sampling import SamplingContext, TokenSampler, registry
 from chargen.vocab import Vocabulary
@@ -365,3 +365,34 @@ def test_broken_strategy_is_a_chargen_error_naming_it(stepper, name, message):
             generate(stepper, VOCAB, broken, GenerationRequest(prime="ab", length=10, num_samples=2, seed=0))
     assert f"'{name}'" in str(caught.value)
     assert "broken-samplers" in str(caught.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# generate_candidates(): every beam with its log-probability
+
+
+def keras_log_probability(model, text, prime):
+    """Log-probability in nats of `text` after `prime` under the Keras model, over one full window."""
+    ids = VOCAB.encode(text)
+    logits, _ = model(tf.constant([ids[:-1]], "int32"))
+    log_probabilities = tf.nn.log_softmax(np.asarray(logits, np.float64)[0]).numpy()  # (time, vocab)
+    start = len(prime) - 1  # the first generated character is predicted at the prime's last position
+    return float(sum(log_probabilities[t, ids[t + 1]] for t in range(start, len(ids) - 1)))
+
+
+def test_beam_candidates_are_ranked_and_scored_by_the_model(model, stepper):
+    request = GenerationRequest(prime="the ", length=12, num_samples=2)
+    rows = generate_candidates(stepper, VOCAB, strategy("beam", width=3), request)
+    assert len(rows) == 2 and all(len(row) == 3 for row in rows)
+    best_text = generate(stepper, VOCAB, strategy("beam", width=3), request)[0]
+    for row in rows:
+        texts, scores = zip(*row)
+        assert texts[0] == best_text and len(set(texts)) == 3
+        assert list(scores) == sorted(scores, reverse=True)
+        for text, score in row:
+            assert score == pytest.approx(keras_log_probability(model, text, "the "), abs=1e-3)
+
+
+def test_candidates_of_a_token_level_strategy_are_refused(stepper):
+    with pytest.raises(ChargenError, match="keeps no candidates"):
+        generate_candidates(stepper, VOCAB, strategy("top-k"), GenerationRequest(length=5))

@@ -56,3 +56,14 @@ def test_the_mirostat_plugin_runs_through_the_cli(trained_run):
     assert result.output.count("--- sample") == 3
     bad = sample(trained_run, "--strategy", "mirostat", "-o", "tau=abc")
     assert bad.exit_code != 0 and "tau" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_beam_candidates_are_listed_with_their_log_probabilities(trained_run):
+    result = sample(trained_run, "--strategy", "beam", "-o", "width=3", "--candidates", "--length", "30", "--prime", "the ")
+    assert result.exit_code == 0, result.output
+    headers = [line for line in result.output.splitlines() if line.startswith("--- sample 1, candidate")]
+    scores = [float(line.split("log-probability ")[1].split()[0]) for line in headers]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    refused = sample(trained_run, "--strategy", "random", "--candidates")
+    assert refused.exit_code == 1 and "keeps no candidates" in refused.output and "Traceback" not in refused.output
