@@ -290,7 +290,10 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
     on_text = (lambda piece: click.echo(piece, nl=False)) if live else None
     texts = generate(stepper, vocab, chosen, request, on_text=on_text)
     if output is not None:
-        Path(output).write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+        try:
+            Path(output).write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise ChargenError(f"cannot write --output {output} ({error.strerror}); choose a writable path") from None
         click.echo(f"wrote {len(texts)} sample(s) to {output}", err=True)
     elif live:
         click.echo()

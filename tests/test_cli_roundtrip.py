@@ -122,6 +122,12 @@ def test_sample_output_file_holds_the_text_alone(trained, tmp_path):
     assert out.read_text(encoding="utf-8") == sample_text(trained["run"], 7, 40) + "\n"
 
 
+def test_sample_output_to_an_unwritable_place_is_one_line(trained, tmp_path):
+    result = run_cli("sample", trained["run"], "--length", "5", "--output", tmp_path / "missing-folder" / "s.txt")
+    assert result.exit_code == 1
+    assert "cannot write --output" in result.output and "Traceback" not in result.output
+
+
 def test_sample_several_at_once(trained):
     result = run_cli("sample", trained["run"], "--num-samples", "3", "--length", "25", "--seed", "2", "--prime", PRIME)
     assert result.exit_code == 0, result.output
