@@ -16,6 +16,9 @@ import numpy as np
 from chargen.errors import ChargenError
 
 
+_ENCODE_CHUNK = 1 << 22  # characters encoded at a time
+
+
 def code_points(text: str) -> np.ndarray:
     """The code points of `text` as uint32, without a Python loop per character."""
     return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
@@ -41,7 +44,7 @@ class Vocabulary:
             raise ChargenError(f"a vocabulary needs distinct single characters. Received: chars={chars!r}")
         self.chars = sorted(chars)
         points = np.array([ord(c) for c in self.chars], dtype=np.int64)
-        self._ids_by_point = np.full(points.max() + 1, -1, dtype=np.int32)  # code point -> id, -1 if absent
+        self._ids_by_point = np.full(0x110000, -1, dtype=np.int32)  # every code point -> id, -1 if absent
         self._ids_by_point[points] = np.arange(len(points), dtype=np.int32)
         self._char_array = np.array(self.chars)
 
@@ -50,8 +53,9 @@ class Vocabulary:
         """The vocabulary of one text, or of several texts together."""
         texts = [text] if isinstance(text, str) else list(text)
         present = np.zeros(0x110000, bool)  # one flag per possible code point
-        for points in map(code_points, texts):
-            present[points] = True
+        for text in texts:
+            for start in range(0, len(text), _ENCODE_CHUNK):
+                present[code_points(text[start:start + _ENCODE_CHUNK])] = True
         return cls([chr(p) for p in np.flatnonzero(present)])
 
     def __len__(self) -> int:
@@ -64,13 +68,17 @@ class Vocabulary:
         return f"Vocabulary({len(self)} characters)"
 
     def encode(self, text: str) -> np.ndarray:
-        """Ids of `text` as int32; a character outside the vocabulary is a `ChargenError` naming it."""
-        points = code_points(text)
-        inside = points < len(self._ids_by_point)
-        ids = self._ids_by_point[np.where(inside, points, 0)]
-        unknown = ~inside | (ids < 0)
+        """Ids of `text` as int32; a character outside the vocabulary is a `ChargenError` naming it.
+
+        Works through the text in chunks, so beyond the result (4 bytes a character) it needs only
+        a few tens of megabytes, however long the text.
+        """
+        ids = np.empty(len(text), dtype=np.int32)
+        for start in range(0, len(text), _ENCODE_CHUNK):
+            ids[start:start + _ENCODE_CHUNK] = self._ids_by_point[code_points(text[start:start + _ENCODE_CHUNK])]
+        unknown = ids < 0
         if unknown.any():
-            missing = sorted({chr(p) for p in points[unknown]})
+            missing = sorted({text[i] for i in np.flatnonzero(unknown)[:100_000]})  # enough to name them
             shown = "".join(missing[:20])
             raise ChargenError(
                 f"{int(unknown.sum())} character(s) are not in the model's vocabulary: {shown!r}; "
