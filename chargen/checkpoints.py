@@ -258,15 +258,20 @@ def resolve_run(run: str | None, checkpoint_dir: Path) -> Run:
     """A run named by path or by name inside `checkpoint_dir`; None means the newest run there."""
     checkpoint_dir = Path(checkpoint_dir)
     if run is None:
-        runs = [p for p in checkpoint_dir.glob("*/config.json")] if checkpoint_dir.is_dir() else []
+        runs = [p.parent for p in checkpoint_dir.glob("*/config.json")] if checkpoint_dir.is_dir() else []
         if not runs:
             raise ChargenError(f"no runs in {checkpoint_dir}; train one with `chargen train CORPUS` or name a run folder")
-        newest = max(runs, key=lambda p: (p.parent / "pointers.json").stat().st_mtime if (p.parent / "pointers.json").exists() else p.stat().st_mtime)
-        return Run.open(newest.parent)
+        return Run.open(max(runs, key=_last_saved))
     for candidate in (Path(run), checkpoint_dir / run):
         if candidate.is_dir():
             return Run.open(candidate)
     raise ChargenError(f"no run named {run!r} (looked for the folder {run} and {checkpoint_dir / run}); `ls {checkpoint_dir}` lists the runs")
+
+
+def _last_saved(run_path: Path) -> float:
+    """When a run last saved a snapshot (its pointers), or was created if it never did."""
+    pointers = run_path / "pointers.json"
+    return (pointers if pointers.exists() else run_path / "config.json").stat().st_mtime
 
 
 def weight_shapes(cell: str, num_layers: int, units: int, embedding_dim: int, vocab_size: int) -> list[dict]:

@@ -248,9 +248,6 @@ class Trainer:
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         return loss, final_states
 
-    def evaluate(self, ids: np.ndarray) -> float:
-        return self._evaluator(ids)
-
     def fit(self) -> Progress:
         """Train until a limit is reached or `stop_requested` is set; returns the progress reached."""
         config, progress = self.config, self.progress
@@ -314,7 +311,7 @@ class Trainer:
         """Evaluate on the validation text (if any), update the progress and tell the callbacks."""
         progress = self.progress
         if len(self.val_ids) >= 2:
-            val_loss = self.evaluate(self.val_ids)
+            val_loss = self._evaluator(self.val_ids)
             val_bpc = val_loss / LN2
             best = progress.best_val_bpc is None or val_bpc < progress.best_val_bpc
             progress.last_val_bpc = val_bpc
