@@ -5,7 +5,8 @@ weights, since speed does not depend on what the weights learned. Measured here:
 
 - `generate` with `NumpyStepper` and the `random` strategy at batch 1 and at batch 64
   (`--num-samples 64`), characters per second in total, against the issue's targets;
-- the stepper alone (the network's step with no sampling), and a breakdown of one step;
+- the stepper alone (the network's step with no sampling), and its matrix products alone: the
+  ceiling for any float32 numpy step on this machine;
 - reference points: the Keras model called once per character (eager), and one compiled
   `tf.function` step per character, both sampling with the same strategy; and the whole loop
   in one TensorFlow graph (sampling with `tf.random.categorical`, so no plugin could run there);
@@ -99,45 +100,37 @@ def measure_stepper(stepper, batch: int, steps: int, repeats: int) -> dict:
             "chars_per_second": batch / timing["median"], "best_chars_per_second": batch / timing["min"]}
 
 
-def profile_step(stepper, batch: int, steps: int, repeats: int) -> dict:
-    """Where one step's time goes: the input lookup, each layer's input product and cell step, the
-    logits product, and the `random` strategy. Reads `NumpyStepper`'s internals, so it reports what it
-    could not time rather than failing if they change."""
-    from chargen.sampling import SamplingContext
+def step_matrices(stepper) -> list[np.ndarray]:
+    """The matrices one `NumpyStepper` step multiplies, in order (read from its internals: [] if they change)."""
+    names = ("kernel", "input_kernel", "recurrent_kernel")
+    matrices = [m for layer in getattr(stepper, "layers", []) for m in (getattr(layer, n, None) for n in names) if m is not None]
+    head = getattr(stepper, "head_kernel", None)
+    return matrices + [head] if matrices and head is not None else []
 
-    try:
-        rng = np.random.default_rng(0)
-        ids = rng.integers(0, VOCAB_SIZE, batch)
-        state = [rng.normal(0, 0.3, s.shape).astype(np.float32) for s in stepper.initial_state(batch)]
-        parts = {"input lookup (first layer)": lambda: stepper.first_projection[ids]}
-        projected = stepper.first_projection[ids]
-        position = 0
-        for index, (layer, count) in enumerate(zip(stepper.layers, stepper.states_per_layer)):
-            layer_state = state[position:position + count]
-            if index > 0:
-                parts[f"layer {index + 1} input product"] = lambda layer=layer, x=x: x @ layer.input_kernel + layer.bias
-                projected = x @ layer.input_kernel + layer.bias
-            parts[f"layer {index + 1} recurrent product and gates"] = (
-                lambda layer=layer, p=projected, s=layer_state: layer.step(p, s))
-            x = layer.step(projected, layer_state)[0]
-            position += count
-        parts["logits product"] = lambda: x @ stepper.head_kernel + stepper.head_bias
-        logits = x @ stepper.head_kernel + stepper.head_bias
-    except (AttributeError, TypeError, ValueError) as error:
-        return {"unavailable": f"{type(error).__name__}: {error}"}
-    sampler = strategy("random")
-    context = SamplingContext(step=0, ids=np.zeros((batch, 1), np.int64), rng=np.random.default_rng(0), vocab=vocabulary())
-    parts["random strategy (checked)"] = lambda: sampler.sample(logits, context)
-    result = {}
-    for name, function in parts.items():
-        function()
 
-        def run(function=function):
-            for _ in range(steps):
-                function()
+def measure_product_ceiling(stepper, batch: int, steps: int, repeats: int) -> dict:
+    """The step's matrix products alone: each of the stepper's own float32 matrices times a
+    (columns, batch) operand, in the step's order, so the weights stream through memory as they do in
+    a real step. No float32 numpy step can beat this; the gap to the whole step is everything else."""
+    matrices = step_matrices(stepper)
+    if not matrices:
+        return {"unavailable": "NumpyStepper's internals changed; update step_matrices"}
+    rng = np.random.default_rng(0)
+    operands = [rng.normal(0, 0.3, (m.shape[1], batch)).astype(np.float32) for m in matrices]
 
-        result[name] = summary([time_once(run) / steps for _ in range(repeats)])["median"] * 1e6
-    return result
+    def run():
+        for _ in range(steps):
+            for matrix, operand in zip(matrices, operands):
+                matrix @ operand
+
+    run()
+    timing = summary([time_once(run) / steps for _ in range(repeats)])
+    megabytes = sum(m.nbytes for m in matrices) / 1e6
+    flops = sum(2 * m.size * batch for m in matrices)
+    return {"batch": batch, "shapes": [list(m.shape) for m in matrices], "weight_megabytes": megabytes,
+            "microseconds_per_step": timing["median"] * 1e6, "seconds_per_step": timing,
+            "chars_per_second": batch / timing["median"], "best_chars_per_second": batch / timing["min"],
+            "gigabytes_per_second": megabytes / 1e3 / timing["median"], "gflops": flops / 1e9 / timing["median"]}
 
 
 def measure_keras_eager(model, vocab, batch: int, steps: int) -> dict:
@@ -312,9 +305,9 @@ def run(quick: bool, log=print) -> dict:
         figure["met"] = figure["chars_per_second"] >= TARGETS[batch]  # by the median repeat
         figure["met_by_best"] = figure["best_chars_per_second"] >= TARGETS[batch]
         result["generate"][str(batch)] = figure
-    log("  the step alone and its breakdown ...")
+    log("  the step alone, and its matrix products alone ...")
     result["step"] = {str(b): measure_stepper(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)}
-    result["profile_microseconds"] = {str(b): profile_step(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)}
+    result["product_ceiling"] = {str(b): measure_product_ceiling(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)}
     log("  Keras model per character, tf.function step per character ...")
     result["keras_eager"] = {str(b): measure_keras_eager(model, vocab, b, size["keras_steps"]) for b in (1, 64)}
     result["tf_function_step"] = {

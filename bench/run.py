@@ -128,15 +128,22 @@ def print_generation(result: dict, other: dict | None) -> None:
                        f"({figure['chars_per_second']:,.0f} of {figure['target']:,} chars/s)")
     print("Targets (median, BLAS " + result["blas"] + "): " + "; ".join(verdict))
 
-    profile = result["profile_microseconds"]
-    step = {b: result["step"][b]["microseconds_per_step"] for b in ("1", "64")}
-    if "unavailable" in profile["1"]:
-        print(f"\nStep breakdown unavailable: {profile['1']['unavailable']}")
+    ceiling = result["product_ceiling"]
+    if "unavailable" in ceiling["1"]:
+        print(f"\nMatrix-product ceiling unavailable: {ceiling['1']['unavailable']}")
     else:
-        rows = [[part, format_number(profile["1"][part], 1), format_number(profile["64"][part], 1)] for part in profile["1"]]
-        rows.append(["whole network step, measured alone", format_number(step["1"], 1), format_number(step["64"], 1)])
-        print_table("Where a character's time goes (microseconds per step, each part timed alone with its "
-                    "data hot in cache)", ["part", "batch 1", "batch 64"], rows)
+        rows = []
+        for batch in ("1", "64"):
+            products, step = ceiling[batch], result["step"][batch]
+            rows.append([batch, format_number(products["microseconds_per_step"], 1), format_number(step["microseconds_per_step"], 1),
+                         format_number(products["chars_per_second"]), format_number(result["targets"][int(batch)]),
+                         f"{products['gigabytes_per_second']:.0f}", f"{products['gflops']:.0f}"])
+        print_table(
+            "The step's matrix products alone: the ceiling for a float32 numpy step on this machine",
+            ["batch", "products us", "whole step us", "ceiling chars/s", "target", "weights GB/s", "GFLOP/s"], rows,
+            f"{ceiling['1']['weight_megabytes']:.1f} MB of float32 weights per step, shapes {ceiling['1']['shapes']}. "
+            "Batch 1 is bound by streaming the weights from memory, batch 64 by the products' arithmetic.",
+        )
 
     rows = []
     by_name = {}
