@@ -15,7 +15,8 @@ Every write is atomic: a snapshot is written into a temporary folder and renamed
 the small JSON files are written to a temporary file and renamed. A process killed at any moment
 leaves either the previous snapshot or the new one, never half of one; pointers.json is updated
 only after its snapshot is complete, and a run whose pointers are lost falls back to its newest
-complete snapshot.
+complete snapshot. Files and their folder are flushed to disk (fsync) before the rename that
+publishes them, and the rename itself after, so a power cut also leaves the old or the new.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ SNAPSHOTS = "snapshots"
 _TEMPORARY_PREFIX = ".tmp-"
 
 
+def _sync_file(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def _sync_folder(path: Path) -> None:
+    """Make a folder's entries (a new file, a rename) durable. POSIX only: Windows cannot open a folder."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
     path = Path(path)
@@ -51,6 +68,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
 
 
 def _read_json(path: Path, what: str, run: Path) -> dict:
@@ -138,10 +156,14 @@ class Run:
                 flat = {f"layer{i}_state{j}": np.asarray(s) for i, layer in enumerate(states) for j, s in enumerate(layer)}
                 np.savez(temporary / "states.npz", **flat)
             (temporary / "progress.json").write_text(json.dumps(progress, indent=2), encoding="utf-8")
+            for file in temporary.iterdir():
+                _sync_file(file)
+            _sync_folder(temporary)
             os.replace(temporary, snapshots / name)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+        _sync_folder(snapshots)
         pointers = self._pointers()
         pointers["last"] = name
         if best or "best" not in pointers:

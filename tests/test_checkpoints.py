@@ -202,6 +202,42 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["file.json"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads file names from /proc/self/fd")
+def test_snapshot_contents_reach_the_disk_before_they_are_published(run, monkeypatch):
+    """Against a power cut: every file and folder of a snapshot is fsync'd before the rename that
+    publishes it, and each rename (snapshot, then pointers.json) is fsync'd through its folder."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(descriptor):
+        events.append(("sync", Path(os.readlink(f"/proc/self/fd/{descriptor}"))))
+        real_fsync(descriptor)
+
+    def recording_replace(source, destination):
+        events.append(("rename", Path(source), Path(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(checkpoints.os, "fsync", recording_fsync)
+    monkeypatch.setattr(checkpoints.os, "replace", recording_replace)
+    model = tiny_model()
+    published = run.save_snapshot(model, tiny_optimizer(model), progress(3, 2.0), states=[[np.zeros((1, 4), np.float32)]])
+    monkeypatch.undo()
+
+    renames = [index for index, event in enumerate(events) if event[0] == "rename"]
+    assert len(renames) == 2  # the snapshot folder, then pointers.json
+    snapshot_rename, pointers_rename = renames
+    temporary = events[snapshot_rename][1]
+    assert events[snapshot_rename][2] == published
+    synced_before = {event[1] for event in events[:snapshot_rename] if event[0] == "sync"}
+    files = {temporary / path.name for path in published.iterdir()}
+    assert files == {temporary / name for name in ("model.keras", "optimizer.npz", "progress.json", "states.npz")}
+    assert files | {temporary} <= synced_before
+    synced_between = {event[1] for event in events[snapshot_rename:pointers_rename] if event[0] == "sync"}
+    assert published.parent in synced_between
+    assert events[pointers_rename][2] == run.path / "pointers.json"
+    assert ("sync", run.path) in events[pointers_rename:]
+
+
 # Lost or damaged pointers fall back to the newest complete snapshot ------------------------------
 
 @pytest.fixture
