@@ -58,17 +58,17 @@ def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
         model = build_model(config, len(vocab))
         curve = Curve()
         trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab, callbacks=[curve])
-        evaluate = trainer.evaluate
+        run_evaluation = trainer.run_evaluation
         evaluation_seconds = []
 
-        def timed_evaluate(ids, evaluate=evaluate, evaluation_seconds=evaluation_seconds):
+        def timed_evaluation(logs, run_evaluation=run_evaluation, evaluation_seconds=evaluation_seconds):
             start = time.perf_counter()
             try:
-                return evaluate(ids)
+                run_evaluation(logs)
             finally:
                 evaluation_seconds.append(time.perf_counter() - start)
 
-        trainer.evaluate = timed_evaluate
+        trainer.run_evaluation = timed_evaluation
         start = time.perf_counter()
         progress = trainer.fit()
         seconds = time.perf_counter() - start
