@@ -17,8 +17,8 @@ What makes the step fast, all decided once when the weights are pulled out:
 - the sigmoid gates' rows of every kernel and bias are halved, so sigmoid(a) = 0.5 tanh(a / 2) + 0.5
   becomes one tanh over all gates at once (halving a float is exact), followed by a scale and shift.
 
-On the issue's 2x512 LSTM these made the step 10% faster at batch 64 and 6% at batch 1; the rest
-of its time is the matrix products themselves (see bench/README.md).
+On the issue's 2x512 LSTM these made the step about 10% faster at batch 64. Batch 1 did not move:
+there a step is bound by reading the weights from memory (see bench/README.md).
 """
 
 from __future__ import annotations
