@@ -3,16 +3,19 @@
 For each cell (rnn, gru, lstm) these steps are compiled and timed in the same process:
 
 - chargen, mode bptt: `chargen.training.Trainer`'s own compiled step (`CharModel(..., through_time=True)`,
-  mean cross-entropy, `tf.GradientTape`, Adam with global-norm clipping), exactly what `fit` calls;
+  mean cross-entropy, `tf.GradientTape`, Adam with global-norm clipping), exactly what `fit` calls,
+  compiled with XLA as `chargen train` does by default;
 - chargen, mode teacher-forcing: the same with `through_time=False`;
+- the same two without XLA (`--no-xla`), so XLA's own gain shows;
 - the same two with the recurrent layers switched to the generic path (`Recurrent.fused = False`:
   the cell's `call` in a loop, differentiated automatically), the reference the fused kernels are
   tested against, so the fused kernels' own gain shows;
 - Keras: `keras.Sequential([Embedding, SimpleRNN/GRU/LSTM(return_sequences=True) x layers, Dense])`
   with the same sizes (the parameter counts are checked equal), trained by the same step written out
-  (same loss, tape, Adam and clipping) in a `tf.function`. Keras's GRU is built with
+  (same loss, tape, Adam and clipping) in a `tf.function`, once plain and once with XLA
+  (`jit_compile=True`, what `model.fit` picks when it can). Keras's GRU is built with
   `reset_after=False`, the form chargen's `GRUCell` uses by default. Keras has no teacher-forcing
-  mode: both chargen modes are compared with this one Keras step.
+  mode: both chargen modes are compared with these Keras steps.
 
 After compiling and warming up, the variants are timed in interleaved rounds (one step of each per
 round), so a burst of load on the shared machine hits all alike; each figure is the median.
@@ -38,7 +41,7 @@ def sizes(quick: bool) -> dict:
     return {"layers": 2, "units": 512, "embedding": 64, "batch": 64, "window": 100, "rounds": 9, "warmup": 2}
 
 
-def chargen_step(cell: str, mode: str, size: dict, fused: bool = True):
+def chargen_step(cell: str, mode: str, size: dict, fused: bool = True, xla: bool = True):
     """Trainer's compiled step for a new model; returns (step function, parameter count).
 
     `fused=False` switches every recurrent layer to the generic path (the cell's `call` in a loop,
@@ -59,7 +62,7 @@ def chargen_step(cell: str, mode: str, size: dict, fused: bool = True):
         for layer in model.recurrent_layers:
             layer.fused = False
     ids = np.zeros(4 * size["window"], np.int32)
-    trainer = Trainer(model, config, train_ids=ids, val_ids=ids[:0])
+    trainer = Trainer(model, config, train_ids=ids, val_ids=ids[:0], xla=xla)
 
     def step(inputs, targets):
         loss, _ = trainer._train_step(inputs, targets, None)
@@ -68,7 +71,7 @@ def chargen_step(cell: str, mode: str, size: dict, fused: bool = True):
     return step, model.count_params()
 
 
-def keras_step(cell: str, size: dict):
+def keras_step(cell: str, size: dict, xla: bool = False):
     """The built-in equivalent, trained by the same step written out; returns (step function, parameter count)."""
     import keras
     import tensorflow as tf
@@ -87,7 +90,7 @@ def keras_step(cell: str, size: dict):
     optimizer = keras.optimizers.Adam(learning_rate=LEARNING_RATE, global_clipnorm=CLIP_NORM)
     optimizer.build(model.trainable_variables)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=xla)
     def step(inputs, targets):
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)
@@ -111,8 +114,11 @@ def measure_cell(cell: str, size: dict, log=print) -> dict:
     variants = {}
     for name, build in (
         ("keras", lambda: keras_step(cell, size)),
+        ("keras, XLA", lambda: keras_step(cell, size, xla=True)),
         ("chargen bptt", lambda: chargen_step(cell, "bptt", size)),
         ("chargen teacher-forcing", lambda: chargen_step(cell, "teacher-forcing", size)),
+        ("chargen bptt, no XLA", lambda: chargen_step(cell, "bptt", size, xla=False)),
+        ("chargen teacher-forcing, no XLA", lambda: chargen_step(cell, "teacher-forcing", size, xla=False)),
         ("chargen bptt, generic path", lambda: chargen_step(cell, "bptt", size, fused=False)),
         ("chargen teacher-forcing, generic path", lambda: chargen_step(cell, "teacher-forcing", size, fused=False)),
     ):
@@ -137,6 +143,7 @@ def measure_cell(cell: str, size: dict, log=print) -> dict:
     characters = size["batch"] * size["window"]
     rows = []
     keras_seconds = summary(variants["keras"]["times"])["median"]
+    best_keras_seconds = min(keras_seconds, summary(variants["keras, XLA"]["times"])["median"])
     for name, variant in variants.items():
         timing = summary(variant["times"])
         rows.append({
@@ -147,6 +154,7 @@ def measure_cell(cell: str, size: dict, log=print) -> dict:
             "seconds_per_step": timing,
             "chars_per_second": characters / timing["median"],
             "ratio_to_keras": keras_seconds / timing["median"],
+            "ratio_to_faster_keras": best_keras_seconds / timing["median"],
         })
     variants.clear()
     gc.collect()

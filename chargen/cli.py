@@ -134,10 +134,12 @@ LIMIT_OPTIONS = ("steps", "epochs", "time_limit", "eval_every")
 @click.option("--encoding", default="utf-8", show_default=True, help=ENCODING_HELP)
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help=ENCODING_ERRORS_HELP)
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where to train.")
+@click.option("--xla/--no-xla", default=True, show_default=True,
+              help="Compile the training step with XLA: 1.1x to 1.4x faster, about 1 s more to start.")
 @click.option("--preview-length", type=int, default=120, show_default=True, help="Characters of sample shown at each evaluation (0: none).")
 @click.option("--quiet", is_flag=True, help="No progress bar or previews; only the final summary.")
 @click.pass_context
-def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encoding_errors, device, preview_length, quiet, **options):
+def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encoding_errors, device, xla, preview_length, quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(ctx.meta["chargen.debug"])
@@ -151,17 +153,17 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
         if resume:
             run = checkpoints.resolve_run(run_name, Path(checkpoint_dir))
             _refuse_changed_options(ctx, run.config["training"], options)
-            trainer = training.resume_session(text_corpus, run, limits, callbacks)
+            trainer = training.resume_session(text_corpus, run, limits, callbacks, xla=xla)
             run_path = run.path
         else:
             config = training.TrainingConfig(**options)
             name = run_name or f"{config.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
             run_path = Path(checkpoint_dir) / name
-            trainer = training.new_session(text_corpus, config, run_path, callbacks)
+            trainer = training.new_session(text_corpus, config, run_path, callbacks, xla=xla)
         click.echo(
             f"training {trainer.model.cell_kind} x{trainer.config.num_layers}x{trainer.config.units} "
             f"({trainer.config.mode}) on {len(trainer.train_ids):,} characters, validating on {len(trainer.val_ids):,}; "
-            f"device {device_name}; run {run_path}" + (f", from step {trainer.progress.step}" if resume else ""),
+            f"device {device_name}{'' if xla else ' (no XLA)'}; run {run_path}" + (f", from step {trainer.progress.step}" if resume else ""),
             err=True,
         )
         limit = trainer.step_limit()

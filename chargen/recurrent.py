@@ -44,8 +44,8 @@ def run_cell(cell, inputs, initial_state, return_all_states: bool = False):
         values = (output, *new_state)[:num_collected]
         return t + 1, tuple(new_state), tuple(ta.write(t, v) for ta, v in zip(collected, values))
 
-    _, final_state, collected = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), tuple(initial_state), collected)
+    _, final_state, collected = tf.while_loop(  # XLA differentiates a loop only with its count bounded
+        lambda t, *_: t < steps, body, (tf.constant(0), tuple(initial_state), collected), maximum_iterations=steps
     )
     batch_major = [tf.transpose(ta.stack(), (1, 0, 2)) for ta in collected]  # each (batch, time, size)
     return batch_major[0], list(final_state), batch_major[1:]

@@ -207,6 +207,7 @@ class Trainer:
         carried_states=None,
         callbacks: list[Callback] = (),
         vocab: Vocabulary | None = None,
+        xla: bool = True,
     ):
         self.model, self.config, self.vocab = model, config, vocab
         self.train_ids, self.val_ids = train_ids, val_ids
@@ -222,7 +223,8 @@ class Trainer:
         if config.stateful and self.carried_states is None:
             self.carried_states = model.initial_states(config.batch_size)
         self.distribution = tf.distribute.get_strategy()  # the one whose scope the model was built in
-        self._train_step = tf.function(self._distributed_step, reduce_retracing=True)
+        # XLA fuses each step's many small operations; measured 1.14x (LSTM) to 1.4x (GRU) at 512 units.
+        self._train_step = tf.function(self._distributed_step, reduce_retracing=True, jit_compile=xla)
         self._evaluator = Evaluator(model, config.seq_len, config.batch_size)
 
     @property
@@ -360,8 +362,9 @@ def encode_and_split(text_corpus: corpus.Corpus, vocab: Vocabulary, config: Trai
     return corpus.split_ids(ids, config.val_fraction, config.seq_len)
 
 
-def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Path, callbacks=()) -> Trainer:
-    """A trainer for a new run on `text_corpus`, with its run folder created and checkpointing attached."""
+def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Path, callbacks=(), xla: bool = True) -> Trainer:
+    """A trainer for a new run on `text_corpus`, with its run folder created and checkpointing attached.
+    `xla`: compile the training step with XLA (as `--device`, a setting of this session, not of the run)."""
     vocab = Vocabulary.from_text(text_corpus.text)
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
     run = Run.create(run_path, {
@@ -372,10 +375,10 @@ def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Pa
         "versions": versions(),
     }, vocab)
     model = build_model(config, len(vocab))
-    return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab)
+    return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab, xla=xla)
 
 
-def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks=()) -> Trainer:
+def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks=(), xla: bool = True) -> Trainer:
     """A trainer continuing `run` exactly where it stopped: weights, optimiser, step, data position, states.
 
     `limits` may change steps, epochs, time_limit and eval_every; everything else is the run's.
@@ -397,7 +400,7 @@ def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks
     progress = Progress(**run.load_progress("last"))
     states = run.load_states(config.num_layers, "last") if config.stateful else None
     return Trainer(model, config, train_ids, val_ids, optimizer=optimizer, progress=progress,
-                   carried_states=states, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab)
+                   carried_states=states, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab, xla=xla)
 
 
 def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best") -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def test_train_help_names_the_options_of_the_contract():
     for option in ("--cell", "--layers", "--units", "--embedding-dim", "--seq-len", "--batch-size", "--mode",
                    "--stateful", "--steps", "--epochs", "--time-limit", "--learning-rate", "--clip-norm",
                    "--dropout", "--val-fraction", "--eval-every", "--seed", "--run-name", "--checkpoint-dir",
-                   "--resume", "--encoding", "--device"):
+                   "--resume", "--encoding", "--device", "--xla"):
         assert option in output, option
 
 
@@ -265,6 +266,21 @@ def test_prime_with_an_unseen_character(trained):
 def test_sample_counts_must_be_positive(trained, option):
     result = run_cli("sample", trained["run"], *option)
     assert_user_error(result, option[0].lstrip("-").replace("-", "_"))
+
+
+def test_resuming_without_xla_continues_the_same_training(run_copy, tmp_path):
+    """--no-xla is a setting of the session, not of the run: a run trained with XLA resumes without it
+    (or the other way round) and reaches what it would have reached."""
+    other_dir = tmp_path / "other"
+    shutil.copytree(run_copy["checkpoint_dir"], other_dir)
+    outcomes = []
+    for checkpoint_dir, xla in ((run_copy["checkpoint_dir"], "--xla"), (other_dir, "--no-xla")):
+        result = run_cli("train", run_copy["corpus"], "--steps", "8", xla, "--resume", "--run-name", "tiny",
+                         "--checkpoint-dir", checkpoint_dir)
+        assert result.exit_code == 0, result.output
+        assert ("(no XLA)" in result.stderr) == (xla == "--no-xla")
+        outcomes.append(re.search(r"step 8: validation ([0-9.]+)", result.stdout).group(1))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_resume_with_a_changed_architecture(run_copy):

@@ -90,6 +90,44 @@ def test_stop_request_ends_training_and_is_reported():
     assert progress.last_val_bpc is not None  # the end of training always evaluates
 
 
+@pytest.mark.parametrize(("cell", "mode", "fused"), [
+    *[(cell, mode, True) for cell in ("rnn", "gru", "lstm") for mode in ("bptt", "teacher-forcing")],
+    ("lstm", "bptt", False), ("gru", "teacher-forcing", False),  # the generic path compiles too
+])
+def test_xla_compiled_training_equals_the_uncompiled_step(cell, mode, fused):
+    """XLA is on by default; it may only reorder float rounding, never change what a step computes."""
+    text = "".join(np.random.default_rng(2).choice(list("abcdefgh \n"), 3000))
+    config = TrainingConfig(cell=cell, num_layers=2, units=12, embedding_dim=6, seq_len=20, batch_size=8,
+                            mode=mode, steps=4, eval_every=0, seed=3)
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
+    results = []
+    for xla in (True, False):
+
+        class Losses(Callback):
+            def __init__(self):
+                self.values = []
+
+            def on_step_end(self, trainer, logs):
+                self.values.append(logs["loss"])
+
+        losses = Losses()
+        model = build_model(config, len(vocab))
+        for layer in model.recurrent_layers:
+            layer.fused = fused
+        trainer = Trainer(model, config, train_ids, val_ids, callbacks=[losses], xla=xla)
+        initial = [np.asarray(w) for w in trainer.model.weights]
+        progress = trainer.fit()
+        results.append((losses.values, [np.asarray(w) for w in trainer.model.weights], progress.last_val_bpc))
+    (xla_losses, xla_weights, xla_bpc), (plain_losses, plain_weights, plain_bpc) = results
+    assert len(xla_losses) == 4
+    np.testing.assert_allclose(xla_losses, plain_losses, rtol=1e-5)
+    for compiled, plain, start in zip(xla_weights, plain_weights, initial, strict=True):
+        assert np.abs(plain - start).max() > 1e-3  # every weight moved: the steps did train
+        np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-5)
+    assert xla_bpc == pytest.approx(plain_bpc, rel=1e-5)
+
+
 def test_stateful_training_carries_the_final_state_into_the_next_window():
     text = "".join(np.random.default_rng(1).choice(list("abcdefgh"), 4000))
     trainer, _ = train(text, stateful=True, steps=2, units=8, seq_len=16, batch_size=4)
