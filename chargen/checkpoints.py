@@ -189,9 +189,13 @@ class Run:
         return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(_TEMPORARY_PREFIX))
 
     def _prune(self, keep: set[str]) -> None:
+        """Remove the snapshots no pointer names, and what a killed save left behind: temporary
+        snapshot folders and temporary files (this save's own are renamed into place by now)."""
         for snapshot in (self.path / SNAPSHOTS).iterdir():
             if snapshot.name not in keep:
                 shutil.rmtree(snapshot, ignore_errors=True)
+        for leftover in self.path.glob(f"{_TEMPORARY_PREFIX}*"):
+            leftover.unlink(missing_ok=True)
 
     def snapshot_path(self, which: str = "last") -> Path:
         """The folder of the `last` or `best` snapshot."""

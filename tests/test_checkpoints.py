@@ -275,12 +275,13 @@ def test_damaged_pointers_fall_back_to_the_newest_complete_snapshot(two_snapshot
 def test_saving_after_lost_pointers_rewrites_them(two_snapshots):
     run, older, newer = two_snapshots
     (run.path / "pointers.json").write_text("{")
+    (run.path / ".tmp-pointers-killed").write_text('{"last": ')  # atomic_write_text killed before its rename
     model = tiny_model()
     latest = run.save_snapshot(model, tiny_optimizer(model), progress(8, 2.2))
     pointers = json.loads((run.path / "pointers.json").read_text())
     assert pointers["last"] == latest.name
     assert (run.path / "snapshots" / pointers["best"]).is_dir()
-    assert temporaries(run) == []  # the leftover temporary folder is cleaned up by the next save
+    assert temporaries(run) == []  # the leftover temporary folder and file are cleaned up by the next save
 
 
 # Metrics -----------------------------------------------------------------------------------------
