@@ -389,7 +389,32 @@ def _strategy_record(d) -> dict:
 
 @cli.group()
 def corpus():
-    """Make corpora: synthetic sources with a known entropy floor."""
+    """Make corpora with a known entropy floor, or fetch well-known public ones."""
+
+
+@corpus.command()
+@click.argument("name", required=False)
+@click.option("--output", "folder", type=click.Path(file_okay=False), help="Folder to save into [default: ~/.cache/chargen/corpora].")
+@click.option("--url", help="Download from this address instead (a mirror); the pinned sha256 still decides.")
+def fetch(name, folder, url):
+    """Download the public corpus NAME, checked against its pinned sha256 (no NAME: list them)."""
+    from tqdm import tqdm
+
+    from chargen import downloads
+
+    if name is None:
+        for known in downloads.KNOWN.values():
+            click.echo(f"{known.name}: {known.description}; {known.size:,} bytes from {known.url}")
+        return
+    folder = Path(folder) if folder else downloads.default_folder()
+    with tqdm(unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
+        def on_bytes(count, total):
+            bar.total = total
+            bar.update(count)
+
+        path, downloaded = downloads.fetch(name, folder, url=url, on_bytes=on_bytes)
+    click.echo(f"{'fetched' if downloaded else 'already there:'} {path} (sha256 verified)")
+    click.echo(f"train on it with: chargen train {shlex.quote(str(path))}")
 
 
 @corpus.command()

@@ -83,7 +83,7 @@ def run_copy(trained, tmp_path):
 
 # --help and `samplers` answer without TensorFlow ---------------------------------------------------
 
-HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["corpus"], ["corpus", "synth"]]
+HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["corpus"], ["corpus", "synth"], ["corpus", "fetch"]]
 
 _NO_TENSORFLOW = """
 import sys
