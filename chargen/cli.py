@@ -135,7 +135,7 @@ LIMIT_OPTIONS = ("steps", "epochs", "time_limit", "eval_every")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help=ENCODING_ERRORS_HELP)
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where to train.")
 @click.option("--xla/--no-xla", default=True, show_default=True,
-              help="Compile the training step with XLA: 1.1x to 1.4x faster, about 1 s more to start.")
+              help="Compile the training step with XLA: 1.05x to 1.3x faster, a few seconds more to start.")
 @click.option("--preview-length", type=int, default=120, show_default=True, help="Characters of sample shown at each evaluation (0: none).")
 @click.option("--quiet", is_flag=True, help="No progress bar or previews; only the final summary.")
 @click.pass_context

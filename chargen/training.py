@@ -190,6 +190,7 @@ class Trainer:
         carried_states: for a stateful run being resumed, the states at the interruption.
         callbacks: `Callback` instances, called in order.
         vocab: the model's vocabulary, for callbacks that show text.
+        xla: compile the training step with XLA (`--no-xla` turns it off; it changes only float rounding).
 
     Example:
         >>> trainer = Trainer(model, config, train_ids, val_ids, callbacks=[MyPrinter()])
@@ -223,7 +224,7 @@ class Trainer:
         if config.stateful and self.carried_states is None:
             self.carried_states = model.initial_states(config.batch_size)
         self.distribution = tf.distribute.get_strategy()  # the one whose scope the model was built in
-        # XLA fuses each step's many small operations; measured 1.14x (LSTM) to 1.4x (GRU) at 512 units.
+        # XLA fuses the many small operations between the matrix products: 1.05x to 1.3x at 2x512 (bench).
         self._train_step = tf.function(self._distributed_step, reduce_retracing=True, jit_compile=xla)
         self._evaluator = Evaluator(model, config.seq_len, config.batch_size)
 
