@@ -9,7 +9,8 @@ weights, since speed does not depend on what the weights learned. Measured here:
   ceiling for any float32 numpy step on this machine;
 - reference points: the Keras model called once per character (eager), and one compiled
   `tf.function` step per character, both sampling with the same strategy; and the whole loop
-  in one TensorFlow graph (sampling with `tf.random.categorical`, so no plugin could run there);
+  in one TensorFlow graph, plain and compiled by XLA (sampling with `tf.random.categorical`, so no
+  plugin could run there);
 - the cost of each built-in strategy per step at batch 1 and 64 (beam: per generated character,
   with a stub network, so only the strategy's own work is counted).
 
@@ -195,20 +196,23 @@ def measure_tf_function(model, vocab, batch: int, steps: int, repeats: int) -> d
             "best_chars_per_second": batch / timing["min"]}
 
 
-def measure_graph_loop(model, batch: int, steps: int, repeats: int) -> dict:
-    """The whole generation loop inside one compiled graph (`tf.while_loop`, `tf.random.categorical`).
+def measure_graph_loop(model, batch: int, steps: int, repeats: int, xla: bool = False) -> dict:
+    """The whole generation loop inside one compiled graph (`tf.while_loop`, `tf.random.categorical`),
+    optionally compiled by XLA.
 
-    The upper bound for TensorFlow here, but no numpy strategy can run inside it: for reference only.
+    TensorFlow's best case here, but no numpy strategy can run inside it: for reference only.
     """
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec((None,), tf.int32), state_signature(model), tf.TensorSpec((), tf.int32)])
+    signature = [tf.TensorSpec((None,), tf.int32), state_signature(model), tf.TensorSpec((), tf.int32)]
+
+    @tf.function(input_signature=signature, jit_compile=xla)
     def loop(ids, states, count):
         def body(t, ids, states):
             logits, states = model(ids[:, None], states=states)
             return t + 1, tf.cast(tf.random.categorical(logits[:, 0], 1)[:, 0], tf.int32), states
 
-        _, ids, _ = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), ids, states))
+        _, ids, _ = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), ids, states), maximum_iterations=count)
         return ids
 
     ids, states = tf.zeros(batch, tf.int32), model.initial_states(batch)
@@ -315,6 +319,9 @@ def run(quick: bool, log=print) -> dict:
     }
     result["graph_loop"] = {
         str(b): measure_graph_loop(model, b, 2 * size[f"function_steps_{b}"], size["repeats"]) for b in (1, 64)
+    }
+    result["graph_loop_xla"] = {
+        str(b): measure_graph_loop(model, b, 2 * size[f"function_steps_{b}"], size["repeats"], xla=True) for b in (1, 64)
     }
     log("  strategies ...")
     network = {b: result["step"][str(b)] for b in (1, 64)}

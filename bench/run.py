@@ -117,6 +117,7 @@ def print_generation(result: dict, other: dict | None) -> None:
             add(f"NumpyStepper step alone [BLAS {other['blas']}]", other["step"], batch)
         add("tf.function step per character", result["tf_function_step"], batch)
         add("whole loop in one TF graph", result["graph_loop"], batch)
+        add("whole loop in one TF graph, XLA", result["graph_loop_xla"], batch)
         add("Keras model per character (eager)", result["keras_eager"], batch)
     note = ("chars/s: median of the repeats; best: the fastest repeat. vs tf.fn: median chars/s over the compiled "
             "tf.function step's at the same batch. met: the median / the best repeat reaches the issue's target.")
