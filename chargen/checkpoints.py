@@ -195,7 +195,10 @@ class Run:
             if snapshot.name not in keep:
                 shutil.rmtree(snapshot, ignore_errors=True)
         for leftover in self.path.glob(f"{_TEMPORARY_PREFIX}*"):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def snapshot_path(self, which: str = "last") -> Path:
         """The folder of the `last` or `best` snapshot."""

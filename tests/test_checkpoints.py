@@ -276,6 +276,7 @@ def test_saving_after_lost_pointers_rewrites_them(two_snapshots):
     run, older, newer = two_snapshots
     (run.path / "pointers.json").write_text("{")
     (run.path / ".tmp-pointers-killed").write_text('{"last": ')  # atomic_write_text killed before its rename
+    (run.path / ".tmp-folder").mkdir()  # whatever else a killed process may have begun
     model = tiny_model()
     latest = run.save_snapshot(model, tiny_optimizer(model), progress(8, 2.2))
     pointers = json.loads((run.path / "pointers.json").read_text())
