@@ -152,7 +152,7 @@ class NumpyStepper:
         cells = [layer.cell for layer in model.recurrent_layers]
         self.layers = [_GRULayer(cell, index == 0) if kind == "gru" else _JointLayer(kind, cell, index == 0) for index, cell in enumerate(cells)]
         self.states_per_layer = [len(cell.state_size) for cell in cells]
-        self.units = [cell.units for cell in cells]
+        self.layer_units = [cell.units for cell in cells]
         order, scale = _gate_layout(kind, cells[0].units)
         embeddings = np.asarray(model.embedding.embeddings, np.float32)  # (vocab, embedding_dim)
         table = embeddings @ np.asarray(cells[0].input_kernel, np.float32) + np.asarray(cells[0].bias, np.float32)
@@ -167,7 +167,7 @@ class NumpyStepper:
         self.vocab_size = model.vocab_size
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, units), np.float32) for units, count in zip(self.units, self.states_per_layer) for _ in range(count)]
+        return [np.zeros((batch, units), np.float32) for units, count in zip(self.layer_units, self.states_per_layer) for _ in range(count)]
 
     def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         below = self.input_table[ids][:, :self.input_width].T  # (gates * units, batch): the first layer's input term
