@@ -56,6 +56,11 @@ def _arranged(matrix, order: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((np.asarray(matrix, np.float32)[:, order] * scale).T)
 
 
+def _input_and_bias(cell, order: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A deeper layer's [W_x; b], arranged: it multiplies [x; 1]."""
+    return _arranged(np.concatenate([cell.input_kernel, np.asarray(cell.bias)[None]]), order, scale)
+
+
 def _ones(batch: int) -> np.ndarray:
     return np.ones((1, batch), np.float32)
 
@@ -74,8 +79,7 @@ class _JointLayer:
         if first:
             self.kernel = recurrent
         else:  # multiplies [x; 1; h]
-            input_and_bias = _arranged(np.concatenate([cell.input_kernel, np.asarray(cell.bias)[None]]), order, scale)
-            self.kernel = np.concatenate([input_and_bias, recurrent], axis=1)
+            self.kernel = np.concatenate([_input_and_bias(cell, order, scale), recurrent], axis=1)
 
     def step(self, below: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         h = state[0]
@@ -105,7 +109,7 @@ class _GRULayer:
     def __init__(self, cell, first: bool):
         self.units, self.first, self.reset_after = cell.units, first, bool(cell.reset_after)
         order, scale = _gate_layout("gru", cell.units)
-        self.input_kernel = None if first else _arranged(np.concatenate([cell.input_kernel, np.asarray(cell.bias)[None]]), order, scale)
+        self.input_kernel = None if first else _input_and_bias(cell, order, scale)
         self.recurrent_kernel = _arranged(cell.recurrent_kernel, order, scale)  # (3 * units, units)
         self.recurrent_bias = _arranged(np.asarray(cell.recurrent_bias)[None], order, scale) if self.reset_after else None
 
