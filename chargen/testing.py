@@ -17,18 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from chargen.sampling.base import (
-    GuardedStrategy,
+from chargen.sampling.contract import (
     SamplingContext,
     SequenceResult,
     Strategy,
     StrategyError,
     TokenSampler,
     class_problems,
-    describe_error,
     format_value,
     parse_options,
 )
+from chargen.sampling.guard import GuardedStrategy, describe_error
 from chargen.vocab import Vocabulary
 
 COLD_TEMPERATURE = 1e-3  # the stub's favourite leads by >= 0.8, so every other character is e^-800 times less likely
@@ -83,9 +82,10 @@ def check_strategy(
     Checks the declarations (name, one-line description, options whose defaults match the
     constructor), the `get_config` / `from_config` round trip, that each option value survives
     `-o NAME=VALUE` parsing, and then runs generations on a `StubModel` for each batch size:
-    shapes, integer ids inside the vocabulary, logits left unmodified, the same ids for the same
-    seed (also when one instance is reused, so per-run state must reset at step 0), and, for a
-    stochastic token strategy, the most likely character at a temperature near 0.
+    shapes, integer ids inside the vocabulary, logits left unmodified, no write into the read-only
+    ids it is handed, the same ids for the same seed (also when one instance is reused, so per-run
+    state must reset at step 0), and, for a stochastic token strategy, the most likely character at
+    a temperature near 0.
 
     Args:
         cls: the strategy class.
@@ -98,7 +98,8 @@ def check_strategy(
     Raises:
         AssertionError: naming the strategy and the rule it broke.
     """
-    label = f"strategy {getattr(cls, 'name', '?')!r} ({getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)})"
+    where = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)}"
+    label = f"strategy {getattr(cls, 'name', '?')!r} ({where})"
     problems = class_problems(cls)
     if problems:
         raise AssertionError(f"{label} breaks the contract: " + "; ".join(problems))
@@ -112,7 +113,8 @@ def check_strategy(
         prime_ids = np.random.default_rng(batch).integers(0, vocab_size, size=(batch, 3))
         first = _generate(guarded, model, prime_ids, length, seed)
         again = _generate(guarded, model, prime_ids, length, seed)
-        fresh = _generate(GuardedStrategy(cls.from_config(strategy.get_config()), label), model, prime_ids, length, seed)
+        rebuilt = GuardedStrategy(cls.from_config(strategy.get_config()), label)
+        fresh = _generate(rebuilt, model, prime_ids, length, seed)
         if not np.array_equal(first, again):
             raise AssertionError(
                 f"{label} gave different ids for the same seed when run twice (batch {batch}); draw only from "
@@ -151,7 +153,9 @@ def _check_config(strategy: Strategy, label: str) -> None:
         ) from error
     names = [option.name for option in strategy.options]
     if sorted(config) != sorted(names):
-        raise AssertionError(f"{label}: get_config() must return exactly the options {names}. Received: {sorted(config)}")
+        raise AssertionError(
+            f"{label}: get_config() must return exactly the options {names}. Received: {sorted(config)}"
+        )
     for option in strategy.options:
         if not option.accepts(config[option.name]):
             raise AssertionError(
@@ -163,7 +167,9 @@ def _check_config(strategy: Strategy, label: str) -> None:
     except Exception as error:
         raise AssertionError(f"{label}: from_config(get_config()) failed: {describe_error(error)}") from error
     if rebuilt != config:
-        raise AssertionError(f"{label}: from_config(get_config()) does not round-trip. Received: {config} then {rebuilt}")
+        raise AssertionError(
+            f"{label}: from_config(get_config()) does not round-trip. Received: {config} then {rebuilt}"
+        )
 
 
 def _generate(
@@ -180,19 +186,21 @@ def _generate(
     state = model.read_prime(prime_ids)
     try:
         if guarded.kind == "sequence":
-            context = SamplingContext(step=0, ids=prime_ids.copy(), rng=rng, vocab=model.vocab)
+            context = SamplingContext(step=0, ids=prime_ids, rng=rng, vocab=model.vocab)
             result: SequenceResult = guarded.generate(model.step, state, prime_ids, length, context)
             return result.ids
         history = np.concatenate([prime_ids, np.zeros((prime_ids.shape[0], length), np.int64)], axis=1)
         logits, state = model.step(prime_ids[:, -1], state)
         for position in range(length):
             known = prime_ids.shape[1] + position
-            context = SamplingContext(step=position, ids=history[:, :known].copy(), rng=rng, vocab=model.vocab)
+            context = SamplingContext(step=position, ids=history[:, :known], rng=rng, vocab=model.vocab)
             scaled = logits / temperature if guarded.stochastic else logits
             shown = scaled.copy()
             chosen = guarded.sample(shown, context)
             if not np.array_equal(shown, scaled):
-                raise AssertionError(f"{guarded.label} modified the logits it was given at step {position}; copy them first")
+                raise AssertionError(
+                    f"{guarded.label} modified the logits it was given at step {position}; copy them first"
+                )
             if after_each_step is not None:
                 after_each_step(scaled, chosen, position)
             history[:, known] = chosen

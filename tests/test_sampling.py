@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import chargen.sampling
 from chargen.errors import ChargenError
 from chargen.sampling import (
     GuardedStrategy,
@@ -43,8 +44,15 @@ DRAWS = 40_000
 TOLERANCE = 0.012  # about 5 standard deviations of a frequency near 0.3 over DRAWS draws
 
 
-def context(batch: int, seed: int = 0, step: int = 0, vocab: Vocabulary = VOCAB) -> SamplingContext:
-    return SamplingContext(step=step, ids=np.zeros((batch, 1), np.int64), rng=np.random.default_rng(seed), vocab=vocab)
+def context(batch: int, seed: int = 0, step: int = 0, vocab: Vocabulary = VOCAB, ids=None) -> SamplingContext:
+    """A context as the host builds it; the ids so far default to one 0 per row."""
+    ids = np.zeros((batch, 1), np.int64) if ids is None else ids
+    return SamplingContext(step=step, ids=ids, rng=np.random.default_rng(seed), vocab=vocab)
+
+
+def run_python(code: str) -> str:
+    """What `code` prints in a fresh interpreter: for checks on what an import pulls in."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
 
 def renormalised(kept: list[int]) -> np.ndarray:
@@ -169,7 +177,11 @@ def test_softmax_is_stable_for_huge_logits_and_zero_for_minus_inf():
 
 @pytest.mark.parametrize(
     "row, problem",
-    [([0.0, np.nan], "row 1 contain NaN"), ([0.0, np.inf], "row 1 contain \\+inf"), ([-np.inf, -np.inf], "row 1 are all -inf")],
+    [
+        ([0.0, np.nan], "row 1 contain NaN"),
+        ([0.0, np.inf], "row 1 contain \\+inf"),
+        ([-np.inf, -np.inf], "row 1 are all -inf"),
+    ],
 )
 def test_softmax_refuses_logits_with_nothing_sensible_to_pick(row, problem):
     logits = np.array([[0.0, 1.0], row])
@@ -311,7 +323,11 @@ def test_bool_options_take_the_usual_words(word, value):
         (["scale=abc"], "option 'scale' takes a finite float.*Received: scale=abc"),
         (["scale=nan"], "option 'scale' takes a finite float"),
         (["flag=maybe"], "option 'flag' takes a bool: true or false"),
-        (["size=3"], "strategy 'knobs' has no option 'size'; its options are count \\(int, default 3\\).*flag \\(bool, default false\\)"),
+        (
+            ["size=3"],
+            "strategy 'knobs' has no option 'size'; its options are count \\(int, default 3\\).*"
+            "flag \\(bool, default false\\)",
+        ),
         (["count"], "write a strategy option as NAME=VALUE, e.g. -o count=3. Received: 'count'"),
         (["=3"], "NAME=VALUE"),
         (["count=1", "count=2"], "option 'count' is given twice"),
@@ -357,7 +373,9 @@ def test_option_declarations_are_checked(arguments, message):
         Option(*arguments)
 
 
-@pytest.mark.parametrize("strategy", [Greedy(), Random(), TopK(k=3), TopP(p=0.5), MinP(p=0.2), Typical(p=0.7), Beam(width=2)])
+@pytest.mark.parametrize(
+    "strategy", [Greedy(), Random(), TopK(k=3), TopP(p=0.5), MinP(p=0.2), Typical(p=0.7), Beam(width=2)]
+)
 def test_config_round_trip(strategy):
     config = strategy.get_config()
     assert type(strategy).from_config(config).get_config() == config
@@ -406,15 +424,18 @@ def test_check_token_output_returns_int64():
     assert check_token_output([3, 4], 2, 8, LABEL).dtype == np.int64
 
 
+ZEROS = np.zeros((2, 3), np.int64)  # the right ids for batch 2, length 3
+
+
 @pytest.mark.parametrize(
     "result, message",
     [
-        (np.zeros((2, 3), np.int64), "returned a ndarray where a SequenceResult was due"),
+        (ZEROS, "returned a ndarray where a SequenceResult was due"),
         (SequenceResult(ids=np.zeros((2, 4), np.int64)), "ids of shape \\(2, 4\\) where \\(2, 3\\)"),
-        (SequenceResult(ids=np.zeros((2, 3), np.int64), candidates=np.zeros((2, 3), np.int64)), "candidates of shape \\(2, 3\\) where \\(2, width, 3\\)"),
-        (SequenceResult(ids=np.zeros((2, 3), np.int64), scores=np.zeros((2, 1))), "scores without candidates"),
-        (SequenceResult(ids=np.zeros((2, 3), np.int64), candidates=np.zeros((2, 2, 3), np.int64), scores=np.zeros((2, 3))), "scores of shape \\(2, 3\\)"),
-        (SequenceResult(ids=np.zeros((2, 3), np.int64), candidates=np.zeros((2, 1, 3), np.int64), scores=np.full((2, 1), np.nan)), "NaN or \\+inf"),
+        (SequenceResult(ZEROS, candidates=ZEROS), "candidates of shape \\(2, 3\\) where \\(2, width, 3\\)"),
+        (SequenceResult(ZEROS, scores=np.zeros((2, 1))), "scores without candidates"),
+        (SequenceResult(ZEROS, np.zeros((2, 2, 3), np.int64), np.zeros((2, 3))), "scores of shape \\(2, 3\\)"),
+        (SequenceResult(ZEROS, np.zeros((2, 1, 3), np.int64), np.full((2, 1), np.nan)), "NaN or \\+inf"),
         (SequenceResult(ids=np.full((2, 3), 9)), "outside the vocabulary"),
     ],
 )
@@ -438,12 +459,14 @@ class Raising(TokenSampler):
 
 def test_guarded_sample_turns_a_crash_into_a_one_line_strategy_error():
     guarded = GuardedStrategy(Raising(), LABEL)
-    with pytest.raises(StrategyError, match="^strategy 'odd' \\(from odd-plugin 1.0\\) failed at step 4: KeyError: 'missing table'$"):
+    message = "^strategy 'odd' \\(from odd-plugin 1.0\\) failed at step 4: KeyError: 'missing table'$"
+    with pytest.raises(StrategyError, match=message):
         guarded.sample(np.zeros((1, 8)), context(1, step=4))
 
 
 def test_guarded_sample_reports_nan_logits_as_the_strategys_failure():
-    with pytest.raises(StrategyError, match="^strategy 'odd' .*failed at step 0: StrategyError: the logits of row 0 contain NaN"):
+    message = "^strategy 'odd' .*failed at step 0: StrategyError: the logits of row 0 contain NaN"
+    with pytest.raises(StrategyError, match=message):
         GuardedStrategy(Random(), LABEL).sample(np.full((1, 8), np.nan), context(1))
 
 
@@ -458,20 +481,95 @@ class Wasteful(SequenceSampler):
 
 
 def test_guarded_generate_blames_the_strategy_for_misusing_step():
-    model = StubModel(4)
+    model, prime_ids = StubModel(4), np.zeros((2, 1), np.int64)
+    guarded = GuardedStrategy(Wasteful(), LABEL)
     with pytest.raises(StrategyError, match="called step with 3 ids but state arrays with \\[2\\] rows"):
-        GuardedStrategy(Wasteful(), LABEL).generate(model.step, model.initial_state(2), np.zeros((2, 1), np.int64), 3, context(2, vocab=model.vocab))
+        guarded.generate(model.step, model.initial_state(2), prime_ids, 3, context(2, vocab=model.vocab))
 
 
 def test_guarded_generate_lets_the_hosts_own_step_errors_through_unchanged():
     def broken_step(ids, state):
         raise MemoryError("out of memory")
 
+    guarded = GuardedStrategy(Beam(width=2), LABEL)
     with pytest.raises(MemoryError, match="out of memory"):
-        GuardedStrategy(Beam(width=2), LABEL).generate(broken_step, [np.zeros((1, 2))], np.zeros((1, 1), np.int64), 3, context(1))
+        guarded.generate(broken_step, [np.zeros((1, 2))], np.zeros((1, 1), np.int64), 3, context(1))
+
+
+# ---------------------------------------------------------------------------------------------- read-only ids
+
+
+class Rewriter(TokenSampler):
+    """Writes into the ids the host hands over."""
+
+    name = "rewriter"
+    description = "breaks the read-only rule"
+
+    def sample(self, logits, context):
+        context.ids[:, -1] = 0
+        return logits.argmax(axis=-1)
+
+
+class PrimeRewriter(SequenceSampler):
+    """Writes into the prime ids (or, with `through_context`, into `context.ids`) of a sequence call."""
+
+    name = "prime-rewriter"
+    description = "breaks the read-only rule"
+    stochastic = False
+
+    def __init__(self, through_context=False):
+        self.through_context = through_context
+
+    def generate(self, step, state, prime_ids, length, context):
+        (context.ids if self.through_context else prime_ids)[:, 0] = 0
+        return SequenceResult(ids=np.zeros((prime_ids.shape[0], length), np.int64))
+
+
+def test_the_context_holds_a_read_only_view_of_the_hosts_own_array():
+    history = np.arange(10).reshape(2, 5)  # the host's buffer, filled as generation goes
+    shown = context(2, ids=history[:, :3]).ids
+    assert not shown.flags.writeable and np.shares_memory(shown, history)
+    history[:, 3] = 7  # the host still writes into its own buffer, during and after the step
+    assert history.flags.writeable and history[:, 3].tolist() == [7, 7]
+    whole = context(2, ids=history).ids  # a view also when the host hands over the whole array
+    history[0, 0] = 9
+    assert whole[0, 0] == 9 and not whole.flags.writeable and history.flags.writeable
+
+
+READ_ONLY = "ValueError: .*read-only.* \\(context.ids and prime_ids belong to the host; change a copy\\)$"
+
+
+def test_a_strategy_that_writes_into_context_ids_stops_with_its_name_in_one_line():
+    history = np.arange(6).reshape(2, 3)
+    with pytest.raises(StrategyError, match=f"^strategy 'odd' \\(from odd-plugin 1.0\\) failed at step 2: {READ_ONLY}"):
+        GuardedStrategy(Rewriter(), LABEL).sample(np.zeros((2, 8)), context(2, step=2, ids=history))
+    assert history.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+@pytest.mark.parametrize("through_context", [False, True], ids=["prime_ids", "context.ids"])
+def test_a_sequence_strategy_that_writes_into_the_prime_stops_with_its_name(through_context):
+    rows = np.arange(6).reshape(2, 3)
+    guarded = GuardedStrategy(PrimeRewriter(through_context), LABEL)
+    with pytest.raises(StrategyError, match=f"^strategy 'odd' \\(from odd-plugin 1.0\\) failed: {READ_ONLY}"):
+        guarded.generate(lambda ids, state: (np.zeros((len(ids), 8)), state), [], rows, 3, context(2, ids=rows))
+    assert rows.tolist() == [[0, 1, 2], [3, 4, 5]] and rows.flags.writeable
+
+
+# ---------------------------------------------------------------------------------------------- the package
+
+PUBLIC_NAMES = """
+    ChargenError GuardedStrategy LoadedStrategy Option SamplingContext SequenceResult SequenceSampler StepFunction
+    Strategy StrategyDescription StrategyError StrategyInfo TokenSampler available categorical check_logits
+    check_sequence_output check_token_output class_problems describe_all keep_min_p keep_top_k keep_top_p
+    keep_typical load log_softmax parse_options softmax
+""".split()
+
+
+def test_the_public_names_plugins_import_are_all_there():
+    assert sorted(chargen.sampling.__all__) == sorted(PUBLIC_NAMES)
+    assert all(hasattr(chargen.sampling, name) for name in PUBLIC_NAMES)
 
 
 def test_sampling_imports_no_tensorflow():
     code = "import sys, chargen.sampling, chargen.sampling.builtin, chargen.testing; print('tensorflow' in sys.modules)"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert output.strip() == "False"
+    assert run_python(code).strip() == "False"

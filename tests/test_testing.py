@@ -63,6 +63,22 @@ class Scribbler(Honest):
         return super().sample(logits, context)
 
 
+class Rewriter(Honest):
+    def sample(self, logits, context):
+        context.ids[:, -1] = 0
+        return super().sample(logits, context)
+
+
+class PrimeRewriter(SequenceSampler):
+    name = "prime-rewriter"
+    description = "writes into the prime it is handed"
+    stochastic = False
+
+    def generate(self, step, state, prime_ids, length, context):
+        prime_ids[:, 0] = 0
+        return SequenceResult(ids=np.zeros((prime_ids.shape[0], length), np.int64))
+
+
 class IgnoresLogits(Honest):
     def sample(self, logits, context):
         return context.rng.integers(0, logits.shape[-1], size=logits.shape[0])
@@ -104,6 +120,8 @@ class ShortSequences(SequenceSampler):
         (Unseeded, "different ids for the same seed when run twice"),
         (NeverResets, "reset per-run state when context.step == 0"),
         (Scribbler, "modified the logits it was given"),
+        (Rewriter, "'honest' .* failed at step 0: ValueError: .*read-only"),
+        (PrimeRewriter, "'prime-rewriter' .* failed: ValueError: .*read-only"),
         (IgnoresLogits, "did not pick the most likely character at temperature 0.001"),
         (ForgetsOption, "has no attribute 'k'"),
         (DriftingDefault, "declares default 3 but the constructor's default is 4"),
@@ -118,5 +136,6 @@ def test_catches_a_broken_strategy(cls, message):
 
 
 def test_reports_options_the_constructor_refuses():
-    with pytest.raises(AssertionError, match="could not be built with options \\{'k': 0\\}: ChargenError: .*Received: k=0"):
+    message = "could not be built with options \\{'k': 0\\}: ChargenError: .*Received: k=0"
+    with pytest.raises(AssertionError, match=message):
         check_strategy(TopK, {"k": 0})

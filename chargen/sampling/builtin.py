@@ -11,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from chargen.errors import ChargenError
-from chargen.sampling.base import (
+from chargen.sampling.contract import (
     Option,
     SamplingContext,
     SequenceResult,
     SequenceSampler,
     StepFunction,
     TokenSampler,
+)
+from chargen.sampling.functional import (
     categorical,
     check_logits,
     keep_min_p,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from chargen.errors import ChargenError
-from chargen.sampling.base import GuardedStrategy, Option, Strategy, StrategyError, describe_error, class_problems
+from chargen.sampling.contract import Option, Strategy, StrategyError, class_problems
+from chargen.sampling.guard import GuardedStrategy, describe_error
 
 GROUP = "chargen.samplers"
 
@@ -155,7 +155,9 @@ def load(name: str) -> LoadedStrategy:
     try:
         cls = entry.load()
     except Exception as error:
-        raise StrategyError(f"{entry.info.label} failed to import from {entry.info.value}: {describe_error(error)}") from error
+        raise StrategyError(
+            f"{entry.info.label} failed to import from {entry.info.value}: {describe_error(error)}"
+        ) from error
     problems = class_problems(cls)
     if not problems and cls.name != name:
         problems.append(f"its class declares name {cls.name!r}; the entry-point name and `name` must match")
@@ -191,7 +193,10 @@ def _unknown_message(name: str, installed: list[str]) -> str:
     close = difflib.get_close_matches(name, installed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     listing = ", ".join(installed) or "none"
-    return f"unknown sampling strategy {name!r}; {hint}installed: {listing} (see `chargen samplers`). Received: --strategy {name}"
+    return (
+        f"unknown sampling strategy {name!r}; {hint}installed: {listing} (see `chargen samplers`). "
+        f"Received: --strategy {name}"
+    )
 
 
 def _clash_message(name: str, claims: tuple[_Entry, ...]) -> str:
@@ -219,7 +224,7 @@ def registered(
         ...     assert load("shout").cls is Shout
     """
     entries = tuple(
-        _Entry(StrategyInfo(name, _where(target), distribution, version), _loader(target))
+        _Entry(StrategyInfo(name, _where(target), distribution, version), _loader(name, target))
         for name, target in strategies.items()
     )
     overlay = (entries, hide_installed)
@@ -236,15 +241,8 @@ def _where(target: type | str) -> str:
     return target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
 
 
-def _loader(target: type | str) -> Callable[[], Any]:
-    if not isinstance(target, str):
-        return lambda: target
-
-    def import_target():
-        module_name, _, attribute = target.partition(":")
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split(".") if attribute else ():
-            found = getattr(found, part)
-        return found
-
-    return import_target
+def _loader(name: str, target: type | str) -> Callable[[], Any]:
+    """A "module:attribute" string is loaded as an installed entry point is, by the standard library."""
+    if isinstance(target, str):
+        return importlib.metadata.EntryPoint(name=name, value=target, group=GROUP).load
+    return lambda: target
