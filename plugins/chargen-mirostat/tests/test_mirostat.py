@@ -57,6 +57,7 @@ def test_rejects_non_positive_options(options, message):
         Mirostat(**options)
 
 
-def test_is_registered_under_its_name():
+def test_is_registered_under_its_name_and_declares_chargen_as_its_host():
     (entry_point,) = importlib.metadata.entry_points(group="chargen.samplers", name="mirostat")
     assert entry_point.load() is Mirostat
+    assert entry_point.dist.requires == ["chargen"]
