@@ -99,7 +99,7 @@ def format_value(value: Any) -> str:
 def read_only_view(array: Any) -> np.ndarray:
     """A view of `array` that refuses writes; `array` itself stays writable for its owner."""
     view = np.asarray(array).view()  # a new array object sharing the owner's memory
-    view.flags.writeable = False
+    view.setflags(write=False)
     return view
 
 

@@ -1,7 +1,8 @@
 """Find strategies through the `chargen.samplers` entry-point group, built-ins and plugins alike.
 
 Listing reads package metadata only; a strategy's module is imported when that strategy is loaded,
-once. Plain `importlib.metadata`: one extension point needs no plugin framework.
+once, by `importlib.metadata.EntryPoint.load` (also for the "module:attribute" strings that tests
+register with `registered`). Plain `importlib.metadata`: one extension point needs no plugin framework.
 
 Example:
     >>> loaded = load("top-k")
