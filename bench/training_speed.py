@@ -48,7 +48,8 @@ def chargen_step(cell: str, mode: str, size: dict, fused: bool = True, xla: bool
     differentiated automatically), the reference the fused kernels are tested against; None when
     this version of chargen has no such switch.
     """
-    from chargen.training import Trainer, TrainingConfig, build_model
+    from chargen.config import TrainingConfig
+    from chargen.training import Trainer, build_model
 
     config = TrainingConfig(
         cell=cell, num_layers=size["layers"], units=size["units"], embedding_dim=size["embedding"],

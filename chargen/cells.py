@@ -12,13 +12,18 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from chargen.config import CELL_KINDS
+
 
 class _Cell(keras.layers.Layer):
-    """What every cell shares: hyperparameters, the fused weights, config and state layout."""
+    """What every cell shares: hyperparameters, the fused weights, config and state layout.
 
-    #: The gates in the order they are stacked along the last axis of the fused kernels.
+    A subclass names its `kind` in `config.CELL_KINDS`, which holds its gate names (in the order they are
+    stacked along the last axis of the fused kernels) and how many state tensors it carries.
+    """
+
+    kind: str = ""
     gate_names: tuple[str, ...] = ()
-    #: How many state tensors the cell carries (LSTM: h and c).
     num_states = 1
 
     def __init__(
@@ -87,7 +92,8 @@ class SimpleRNNCell(_Cell):
         >>> h, [h] = cell(ops.ones((2, 3)), [ops.zeros((2, 8))])
     """
 
-    gate_names = ("h",)
+    kind = "rnn"
+    gate_names = CELL_KINDS[kind].gate_names
 
     def call(self, inputs, states, training=False):
         (h_prev,) = states
@@ -126,7 +132,8 @@ class GRUCell(_Cell):
         >>> h, [h] = cell(ops.ones((2, 3)), [ops.zeros((2, 8))])
     """
 
-    gate_names = ("z", "r", "h")
+    kind = "gru"
+    gate_names = CELL_KINDS[kind].gate_names
 
     def __init__(self, units: int, reset_after: bool = False, **kwargs):
         super().__init__(units, **kwargs)
@@ -188,8 +195,9 @@ class LSTMCell(_Cell):
         >>> h, [h, c] = cell(ops.ones((2, 3)), [ops.zeros((2, 8)), ops.zeros((2, 8))])
     """
 
-    gate_names = ("i", "f", "g", "o")
-    num_states = 2
+    kind = "lstm"
+    gate_names = CELL_KINDS[kind].gate_names
+    num_states = CELL_KINDS[kind].num_states
 
     def __init__(self, units: int, unit_forget_bias: bool = True, **kwargs):
         super().__init__(units, **kwargs)
@@ -219,13 +227,18 @@ class LSTMCell(_Cell):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 
-CELLS = {"rnn": SimpleRNNCell, "gru": GRUCell, "lstm": LSTMCell}
+CELLS = {cell.kind: cell for cell in (SimpleRNNCell, GRUCell, LSTMCell)}
 
 
-def make_cell(kind: str, units: int, **kwargs) -> _Cell:
-    """The cell named `kind` ("rnn", "gru" or "lstm"): the one lookup the rest of chargen uses."""
+def make_cell(kind: str, units: int, reset_after: bool = False, **kwargs) -> _Cell:
+    """The cell named `kind` (a key of `config.CELL_KINDS`): the one lookup the rest of chargen uses.
+
+    `reset_after` chooses the GRU's candidate form; it is refused for the other cells.
+    """
     try:
         cell_class = CELLS[kind]
     except KeyError:
         raise ValueError(f"unknown cell {kind!r}; choose one of {', '.join(CELLS)}. Received: kind={kind!r}") from None
-    return cell_class(units, **kwargs)
+    if reset_after and cell_class is not GRUCell:
+        raise ValueError(f"reset_after applies to the GRU only. Received: kind={kind!r}, reset_after=True")
+    return cell_class(units, reset_after=True, **kwargs) if reset_after else cell_class(units, **kwargs)

@@ -16,7 +16,8 @@ the small JSON files are written to a temporary file and renamed. A process kill
 leaves either the previous snapshot or the new one, never half of one; pointers.json is updated
 only after its snapshot is complete, and a run whose pointers are lost falls back to its newest
 complete snapshot. Files and their folder are flushed to disk (fsync) before the rename that
-publishes them, and the rename itself after, so a power cut also leaves the old or the new.
+publishes them, and the rename itself after, so a power cut also leaves the old or the new
+(`atomic.py`). Only this module knows the folder's layout; `run_info.py` presents a run.
 """
 
 from __future__ import annotations
@@ -24,51 +25,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from chargen.atomic import TEMPORARY_PREFIX, atomic_folder, atomic_write_text
 from chargen.errors import ChargenError
 from chargen.vocab import Vocabulary
 
 FORMAT_VERSION = 1
 SNAPSHOTS = "snapshots"
-_TEMPORARY_PREFIX = ".tmp-"
-
-
-def _sync_file(path: Path) -> None:
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
-
-
-def _sync_folder(path: Path) -> None:
-    """Make a folder's entries (a new file, a rename) durable. POSIX only: Windows cannot open a folder."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
 
 
 def _read_json(path: Path, what: str, run: Path) -> dict:
@@ -147,23 +115,14 @@ class Run:
         """Write a complete snapshot atomically, then point `last` (and `best` if asked) at it."""
         snapshots = self.path / SNAPSHOTS
         name = f"step-{progress['step']:07d}-{uuid.uuid4().hex[:6]}"
-        temporary = snapshots / f"{_TEMPORARY_PREFIX}{name}"
-        temporary.mkdir(parents=True)
-        try:
+        with atomic_folder(snapshots / name) as temporary:
             model.save(temporary / "model.keras")
             np.savez(temporary / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
             if states is not None:
-                flat = {f"layer{i}_state{j}": np.asarray(s) for i, layer in enumerate(states) for j, s in enumerate(layer)}
+                flat = {f"layer{i}_state{j}": np.asarray(s) for i, layer in enumerate(states)
+                        for j, s in enumerate(layer)}
                 np.savez(temporary / "states.npz", **flat)
             (temporary / "progress.json").write_text(json.dumps(progress, indent=2), encoding="utf-8")
-            for file in temporary.iterdir():
-                _sync_file(file)
-            _sync_folder(temporary)
-            os.replace(temporary, snapshots / name)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-        _sync_folder(snapshots)
         pointers = self._pointers()
         pointers["last"] = name
         if best or "best" not in pointers:
@@ -186,7 +145,7 @@ class Run:
         folder = self.path / SNAPSHOTS
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(_TEMPORARY_PREFIX))
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(TEMPORARY_PREFIX))
 
     def _prune(self, keep: set[str]) -> None:
         """Remove the snapshots no pointer names, and what a killed save left behind: temporary
@@ -194,7 +153,7 @@ class Run:
         for snapshot in (self.path / SNAPSHOTS).iterdir():
             if snapshot.name not in keep:
                 shutil.rmtree(snapshot, ignore_errors=True)
-        for leftover in self.path.glob(f"{_TEMPORARY_PREFIX}*"):
+        for leftover in self.path.glob(f"{TEMPORARY_PREFIX}*"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -303,45 +262,9 @@ def _last_saved(run_path: Path) -> float:
     return (pointers if pointers.exists() else run_path / "config.json").stat().st_mtime
 
 
-def weight_shapes(cell: str, num_layers: int, units: int, embedding_dim: int, vocab_size: int) -> list[dict]:
-    """The model's matrices by their names in the equations (W_x*, W_h*, b_* per layer and gate)."""
-    from chargen.cells import CELLS
-
-    weights = [{"name": "embedding", "shape": [vocab_size, embedding_dim]}]
-    features = embedding_dim
-    for layer in range(num_layers):
-        for gate in CELLS[cell].gate_names:
-            weights += [
-                {"name": f"layer{layer}.W_x{gate}", "shape": [features, units]},
-                {"name": f"layer{layer}.W_h{gate}", "shape": [units, units]},
-                {"name": f"layer{layer}.b_{gate}", "shape": [units]},
-            ]
-        features = units
-    weights += [{"name": "W_hy", "shape": [units, vocab_size]}, {"name": "b_y", "shape": [vocab_size]}]
-    return weights
-
-
-def describe_run(run: Run) -> dict:
-    """What `chargen info` shows, from the run's files alone (the model file is not loaded)."""
-    config, training = run.config, run.config["training"]
-    vocab_size = len(run.vocabulary())
-    weights = weight_shapes(training["cell"], training["num_layers"], training["units"], training["embedding_dim"], vocab_size)
-    progress = run.load_progress("last")
-    return {
-        "run": str(run.path),
-        "cell": training["cell"],
-        "layers": training["num_layers"],
-        "units": training["units"],
-        "embedding_dim": training["embedding_dim"],
-        "mode": training["mode"],
-        "parameters": sum(int(np.prod(w["shape"])) for w in weights),
-        "vocab_size": vocab_size,
-        "steps": progress["step"],
-        "chars_seen": progress["chars_seen"],
-        "best_val_bpc": progress["best_val_bpc"],
-        "last_val_bpc": progress["last_val_bpc"],
-        "weights": weights,
-        "training": training,
-        "corpus": config.get("corpus"),
-        "versions": config.get("versions"),
-    }
+def discard_unsaved_run(path: Path) -> None:
+    """Remove a run folder that never completed a snapshot (training failed before its first save): it holds
+    nothing to keep, and left behind it would block its name and be the run `chargen sample` picks as newest."""
+    snapshots = Path(path) / SNAPSHOTS
+    if snapshots.is_dir() and all(p.name.startswith(TEMPORARY_PREFIX) for p in snapshots.iterdir()):
+        shutil.rmtree(path, ignore_errors=True)

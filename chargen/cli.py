@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import sys
 from datetime import datetime
@@ -18,13 +17,10 @@ from pathlib import Path
 
 import click
 
+from chargen import config
 from chargen.errors import ChargenError
 
-CELL_CHOICES = ("rnn", "gru", "lstm")
-MODE_CHOICES = ("bptt", "teacher-forcing")
-DEFAULT_CHECKPOINT_DIR = "checkpoints"
-ENCODING_HELP = "Text encoding of the corpus files (utf-8 unless told)."
-ENCODING_ERRORS_HELP = "What to do with bytes that do not decode: strict (stop), replace or ignore."
+DEFAULT_CHECKPOINT_DIR = config.OPTIONS["checkpoint_dir"].default
 INTERRUPTED = 130  # the conventional exit status after Ctrl-C
 
 
@@ -102,68 +98,58 @@ def _use_device(device: str):
 
 # train ------------------------------------------------------------------------------------------
 
-ARCHITECTURE_OPTIONS = ("cell", "num_layers", "units", "embedding_dim", "dropout", "seq_len", "batch_size",
-                        "mode", "stateful", "learning_rate", "clip_norm", "val_fraction", "seed")
-LIMIT_OPTIONS = ("steps", "epochs", "time_limit", "eval_every")
+def _click_option(option: config.OptionSpec):
+    """A Click option made from its `config.OptionSpec`: the flag, type, default and help all come from there."""
+    if option.type is bool:
+        kind = {} if option.negatable else {"is_flag": True}
+    elif option.choices:
+        kind = {"type": click.Choice(option.choices)}
+    elif option.name == "checkpoint_dir":
+        kind = {"type": click.Path(file_okay=False)}
+    else:
+        kind = {"type": option.type}
+    shown = option.default is not None and (option.type is not bool or option.negatable)
+    return click.option(option.flags, option.name, default=option.default, show_default=shown, help=option.help,
+                        metavar=option.metavar, **kind)
+
+
+def _training_options(command):
+    for option in reversed(config.TRAINING_OPTIONS):
+        command = _click_option(option)(command)
+    return command
 
 
 @cli.command()
 @click.argument("corpus_paths", metavar="CORPUS...", nargs=-1, required=True)
-@click.option("--cell", type=click.Choice(CELL_CHOICES), default="lstm", show_default=True, help="Recurrent cell.")
-@click.option("--layers", "num_layers", type=int, default=2, show_default=True, help="Recurrent layers stacked.")
-@click.option("--units", type=int, default=256, show_default=True, help="Hidden units per layer.")
-@click.option("--embedding-dim", type=int, default=64, show_default=True, help="Size of the character vectors.")
-@click.option("--seq-len", type=int, default=100, show_default=True, help="Window length (the BPTT horizon).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per step.")
-@click.option("--mode", type=click.Choice(MODE_CHOICES), default="bptt", show_default=True,
-              help="bptt: gradient through every step; teacher-forcing: no gradient through time.")
-@click.option("--stateful/--no-stateful", default=False, show_default=True,
-              help="Carry the state from one window to the next of the same stream (bptt).")
-@click.option("--steps", type=int, help="Stop after this many steps in total.")
-@click.option("--epochs", type=float, help="Stop after this many passes over the training text.")
-@click.option("--time-limit", type=float, metavar="SECONDS", help="Stop after this many seconds.")
-@click.option("--learning-rate", type=float, default=2e-3, show_default=True, help="Adam's learning rate.")
-@click.option("--clip-norm", type=float, default=5.0, show_default=True, help="Clip gradients to this global norm (0: off).")
-@click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout between layers.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Tail of the text held out for validation.")
-@click.option("--eval-every", type=int, default=200, show_default=True, help="Steps between evaluations and saves.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, window order and dropout.")
-@click.option("--run-name", help="Name of the run folder (default: cell, corpus and time).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue --run-name (or the newest run) where it stopped.")
-@click.option("--encoding", default="utf-8", show_default=True, help=ENCODING_HELP)
-@click.option("--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help=ENCODING_ERRORS_HELP)
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where to train.")
-@click.option("--xla/--no-xla", default=True, show_default=True,
-              help="Compile the training step with XLA: 1.05x to 1.3x faster, a few seconds more to start.")
-@click.option("--preview-length", type=int, default=120, show_default=True, help="Characters of sample shown at each evaluation (0: none).")
-@click.option("--quiet", is_flag=True, help="No progress bar or previews; only the final summary.")
+@_training_options
 @click.pass_context
-def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encoding_errors, device, xla, preview_length, quiet, **options):
+def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encoding_errors, device, xla, preview_length,
+          quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(ctx.meta["chargen.debug"])
-    from chargen import checkpoints, training
-    from chargen.reporting import ProgressBar, Preview
+    from chargen import checkpoints, sessions
+    from chargen.reporting import Preview, ProgressBar
 
-    limits = _given_limits(ctx, options)  # on --resume, what the command line changes
     callbacks = [] if quiet else [ProgressBar(), *([Preview(preview_length)] if preview_length > 0 else [])]
     strategy, device_name = _use_device(device)
     with strategy.scope():
         if resume:
             run = checkpoints.resolve_run(run_name, Path(checkpoint_dir))
-            _refuse_changed_options(ctx, run.config["training"], options)
-            trainer = training.resume_session(text_corpus, run, limits, callbacks, xla=xla)
+            given = {name: value for name, value in options.items() if _given(ctx, name)}
+            trainer = sessions.resume_session(text_corpus, run, given, callbacks, xla=xla)
             run_path = run.path
         else:
-            config = training.TrainingConfig(**options)
-            name = run_name or f"{config.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
+            settings = config.TrainingConfig(**options)
+            name = run_name or f"{settings.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
             run_path = Path(checkpoint_dir) / name
-            trainer = training.new_session(text_corpus, config, run_path, callbacks, xla=xla)
+            trainer = sessions.new_session(text_corpus, settings, run_path, callbacks, xla=xla)
+        settings = trainer.config
         click.echo(
-            f"training {trainer.model.cell_kind} x{trainer.config.num_layers}x{trainer.config.units} "
-            f"({trainer.config.mode}) on {len(trainer.train_ids):,} characters, validating on {len(trainer.val_ids):,}; "
-            f"device {device_name}{'' if xla else ' (no XLA)'}; run {run_path}" + (f", from step {trainer.progress.step}" if resume else ""),
+            f"training {settings.cell} x{settings.num_layers}x{settings.units} ({settings.mode}) on "
+            f"{len(trainer.train_ids):,} characters, validating on {len(trainer.val_ids):,}; "
+            f"device {device_name}{'' if xla else ' (no XLA)'}; run {run_path}"
+            + (f", from step {trainer.progress.step}" if resume else ""),
             err=True,
         )
         limit = trainer.step_limit()
@@ -176,57 +162,31 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
                 stopped = _fit_until_interrupted(trainer)
             except BaseException:
                 if not resume:
-                    _discard_unsaved_run(run_path)
+                    checkpoints.discard_unsaved_run(run_path)
                 raise
     progress = trainer.progress
     summary = f"step {progress.step}"
     if progress.last_val_bpc is not None:
-        summary += f": validation {progress.last_val_bpc:.3f} bits per character (best {progress.best_val_bpc:.3f})"
+        summary += (f": validation {progress.last_val_bpc:.3f} bits per character "
+                    f"(best {progress.best_val_bpc:.3f})")
     click.echo(summary)
     click.echo(f"run saved in {run_path}; sample it with: chargen sample {run_path}")
     if stopped == "interrupt":
-        again = ["chargen", "train", *corpus_paths, "--resume", "--run-name", run_path.name, "--checkpoint-dir", str(checkpoint_dir)]
+        again = ["chargen", "train", *corpus_paths, "--resume", "--run-name", run_path.name,
+                 "--checkpoint-dir", str(checkpoint_dir)]
         again += ["--encoding", encoding] if encoding != "utf-8" else []
         again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
         click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
         ctx.exit(INTERRUPTED)
 
 
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
 def _corpus_name(corpus_paths) -> str:
     first = corpus_paths[0].removeprefix("builtin:")
     return Path(first.rstrip("/")).stem or "corpus"
-
-
-def _refuse_changed_options(ctx, saved: dict, options: dict) -> None:
-    """On --resume, an explicitly given option that would change the run is a mistake, not a silent no-op."""
-    for name in ARCHITECTURE_OPTIONS:
-        given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        if given and options[name] != saved[name]:
-            flag = "--" + {"num_layers": "layers"}.get(name, name).replace("_", "-")
-            raise ChargenError(f"{flag} {options[name]} differs from the resumed run's {saved[name]}; a resumed run keeps its settings (only --steps, --epochs, --time-limit and --eval-every may change)")
-
-
-def _given_limits(ctx, options: dict) -> dict:
-    """On --resume, the limits given on the command line; the others keep the run's saved values.
-
-    Giving any of --steps, --epochs and --time-limit replaces all three (those not given are lifted), so
-    `--resume --steps N` trains to step N whatever limit stopped the run before; giving none keeps the
-    saved ones, so a plain `--resume` finishes what the run set out to do. --eval-every keeps the saved
-    interval unless given.
-    """
-    given = {name for name in LIMIT_OPTIONS if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    if given & {"steps", "epochs", "time_limit"}:
-        given |= {"steps", "epochs", "time_limit"}
-    return {name: options[name] for name in given}
-
-
-def _discard_unsaved_run(path: Path) -> None:
-    """Remove a run this command created if it failed before its first save (e.g. a text too short for
-    stateful streams): it holds nothing to keep, and left behind it would block its --run-name and be
-    the run `chargen sample` picks as the newest."""
-    snapshots = path / "snapshots"
-    if snapshots.is_dir() and all(p.name.startswith(".tmp-") for p in snapshots.iterdir()):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _fit_until_interrupted(trainer) -> str:
@@ -313,17 +273,17 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
 @click.argument("corpus_paths", metavar="CORPUS...", nargs=-1, required=True)
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
-@click.option("--encoding", default="utf-8", show_default=True, help=ENCODING_HELP)
-@click.option("--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help=ENCODING_ERRORS_HELP)
+@_click_option(config.OPTIONS["encoding"])
+@_click_option(config.OPTIONS["encoding_errors"])
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors, as_json):
     """Bits per character and perplexity of RUN's model on CORPUS."""
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
-    from chargen import checkpoints, training
+    from chargen import checkpoints, sessions
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
-    result = training.evaluate_run(the_run, text_corpus, which)
+    result = sessions.evaluate_run(the_run, text_corpus, which)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -337,17 +297,20 @@ def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(run, checkpoint_dir, as_json):
     """What RUN is: architecture, weights, vocabulary, training so far (default: the newest run)."""
-    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
-    from chargen.checkpoints import describe_run, resolve_run
+    from chargen.checkpoints import resolve_run
+    from chargen.run_info import describe_run
 
     details = describe_run(resolve_run(run, Path(checkpoint_dir)))
     if as_json:
         click.echo(json.dumps(details, indent=2))
         return
     click.echo(f"run          {details['run']}")
-    click.echo(f"model        {details['cell']}, {details['layers']} layer(s) of {details['units']} units, embedding {details['embedding_dim']}, {details['parameters']:,} parameters")
+    cell = details["cell"] + (" (reset after)" if details["reset_after"] else "")
+    click.echo(f"model        {cell}, {details['layers']} layer(s) of {details['units']} units, "
+               f"embedding {details['embedding_dim']}, {details['parameters']:,} parameters")
     click.echo(f"vocabulary   {details['vocab_size']} characters")
-    click.echo(f"training     {details['mode']}, {details['steps']:,} steps, {details['chars_seen']:,} characters seen")
+    click.echo(f"training     {details['mode']}, {details['steps']:,} steps, "
+               f"{details['chars_seen']:,} characters seen")
     for key, label in (("best_val_bpc", "best"), ("last_val_bpc", "last")):
         if details[key] is not None:
             click.echo(f"validation   {label} {details[key]:.4f} bits per character")

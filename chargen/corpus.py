@@ -29,13 +29,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from chargen.config import ENCODING_ERRORS
 from chargen.errors import ChargenError
 
 # Several files become one stream with this between them: a blank line, which reads as a paragraph
 # break to the model and is ordinary text in nearly every corpus.
 SEPARATOR = "\n\n"
 BUILTIN_PREFIX = "builtin:"
-ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX_1 = 0xBF58476D1CE4E5B9
@@ -52,26 +52,15 @@ class Corpus:
     num_bytes: int  # raw bytes read
 
 
-class BuiltinCorpus(NamedTuple):
-    """A corpus that needs no download: its text is assembled when asked for."""
-
-    description: str
-    load: Callable[[], str]
-
-
 def _python_docs_text() -> str:
+    """The help topics of the Python reference manual that CPython ships (`pydoc_data.topics`)."""
     from pydoc_data.topics import topics
 
     return SEPARATOR.join(topics[name] for name in sorted(topics))
 
 
-BUILTIN_CORPORA: dict[str, BuiltinCorpus] = {
-    "python-docs": BuiltinCorpus(
-        "the help topics of the Python reference manual shipped with CPython (pydoc_data.topics, "
-        "about 465,000 characters)",
-        _python_docs_text,
-    ),
-}
+# Corpora that need no download: name -> a function that assembles the text when asked for.
+BUILTIN_CORPORA: dict[str, Callable[[], str]] = {"python-docs": _python_docs_text}
 
 
 def read_corpus(
@@ -175,7 +164,7 @@ def _builtin_piece(name: str) -> tuple[str, bytes, str]:
         raise ChargenError(f"unknown built-in corpus; the built-in corpora are "
                            f"{', '.join(BUILTIN_PREFIX + known for known in sorted(BUILTIN_CORPORA))}. "
                            f"Received: name={name!r}")
-    text = BUILTIN_CORPORA[name].load()
+    text = BUILTIN_CORPORA[name]()
     return BUILTIN_PREFIX + name, text.encode("utf-8"), text
 
 

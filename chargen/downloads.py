@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chargen.atomic import atomic_file
 from chargen.errors import ChargenError
 
 _CHUNK = 1 << 16
@@ -79,19 +79,11 @@ def fetch(
                            "move it away or pass another --output folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     source = url or known.url
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            digest = _download(known, source, file, on_bytes, timeout)
-            file.flush()
-            os.fsync(file.fileno())
+    with atomic_file(target, binary=True) as file:
+        digest = _download(known, source, file, on_bytes, timeout)
         if digest != known.sha256:
             raise ChargenError(f"the file from {source} is not the pinned {known.name}: sha256 {digest[:12]}… "
                                f"instead of {known.sha256[:12]}…; nothing was saved")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return target, True
 
 
@@ -119,8 +111,5 @@ def _download(known: KnownCorpus, source: str, file, on_bytes, timeout: float) -
 
 
 def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -2,9 +2,9 @@
 
 Generation is free-running: each sampled character is fed back as the next input, and the
 recurrent state is carried from step to step, so a character costs one step, never a re-run of the
-window. The step runs in numpy on weights pulled out of the Keras model (`NumpyStepper`): calling a
-compiled TensorFlow function per character costs about 300 microseconds of overhead alone, more
-than a whole numpy step at batch 1. `NumpyStepper` is the fast path; the Keras model is its
+window. The step runs in numpy on weights pulled out of the Keras model (`NumpyStepper`): the fixed
+overhead of calling a compiled TensorFlow function once per character is larger than a whole numpy
+step at small batches (bench/README.md has the figures). `NumpyStepper` is the fast path; the Keras model is its
 reference, and the tests hold the two equal for every cell.
 
 What makes the step fast, all decided once when the weights are pulled out:
@@ -17,8 +17,8 @@ What makes the step fast, all decided once when the weights are pulled out:
 - the sigmoid gates' rows of every kernel and bias are halved, so sigmoid(a) = 0.5 tanh(a / 2) + 0.5
   becomes one tanh over all gates at once (halving a float is exact), followed by a scale and shift.
 
-On the issue's 2x512 LSTM these made the step about 10% faster at batch 64. Batch 1 did not move:
-there a step is bound by reading the weights from memory (see bench/README.md).
+At batch 1 a step is bound by reading the weights from memory, so these help large batches most
+(see bench/README.md).
 """
 
 from __future__ import annotations
@@ -161,8 +161,7 @@ class NumpyStepper:
         embeddings = np.asarray(model.embedding.embeddings, np.float32)  # (vocab, embedding_dim)
         table = embeddings @ np.asarray(cells[0].input_kernel, np.float32) + np.asarray(cells[0].bias, np.float32)
         # One row per id, each padded by 16 floats: `step` reads the gathered rows transposed, and rows
-        # of a power-of-two length would map every element of that read to one cache set (the padding
-        # saves 45 of 2,350 microseconds per step at batch 64).
+        # of a power-of-two length would map every element of that read to one cache set.
         self.input_table = np.zeros((len(table), table.shape[1] + 16), np.float32)
         self.input_table[:, :table.shape[1]] = table[:, order] * scale
         self.input_width = table.shape[1]  # gates * units

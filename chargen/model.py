@@ -8,7 +8,6 @@ y_t = W_hy h_t + b_y on top of the last recurrent layer, where h_t comes from th
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from chargen.cells import CELLS, make_cell
 from chargen.recurrent import Recurrent
@@ -25,6 +24,7 @@ class CharModel(keras.Model):
         units: hidden size of every recurrent layer.
         embedding_dim: size of the learned character vectors fed to the first layer.
         dropout: dropout rate between layers (and before the output layer) while training.
+        reset_after: GRU only: the candidate form with the reset gate after the recurrent product.
 
     Call arguments:
         ids: `(batch, time)` int character ids.
@@ -47,6 +47,7 @@ class CharModel(keras.Model):
         units: int = 256,
         embedding_dim: int = 64,
         dropout: float = 0.0,
+        reset_after: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -60,9 +61,10 @@ class CharModel(keras.Model):
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
         self.vocab_size, self.cell_kind, self.num_layers = vocab_size, cell, num_layers
         self.units, self.embedding_dim, self.dropout_rate = units, embedding_dim, dropout
+        self.reset_after = bool(reset_after)
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.recurrent_layers = [
-            Recurrent(make_cell(cell, units, name=f"{cell}_cell_{i}"), name=f"recurrent_{i}")
+            Recurrent(make_cell(cell, units, reset_after=self.reset_after, name=f"{cell}_cell_{i}"), name=f"recurrent_{i}")
             for i in range(num_layers)
         ]
         self.dropout = keras.layers.Dropout(dropout, name="dropout")
@@ -101,12 +103,10 @@ class CharModel(keras.Model):
             "units": self.units,
             "embedding_dim": self.embedding_dim,
             "dropout": self.dropout_rate,
+            "reset_after": self.reset_after,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
-
-def count_parameters(model: CharModel) -> int:
-    return int(sum(ops.size(w) for w in model.weights))

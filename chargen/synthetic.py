@@ -15,7 +15,6 @@ numpy only, and every random draw comes from one `numpy.random.Generator` seeded
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,8 +217,3 @@ def _check_length(length: int) -> None:
     if length < 1:
         raise ChargenError(f"length must be at least 1 character. Received: length={length}")
 
-
-SYNTHETIC_KINDS: dict[str, Callable[..., SyntheticCorpus]] = {
-    "markov": markov_source,
-    "recall": recall_source,
-}

@@ -7,101 +7,27 @@ Modes (see `recurrent.py` for what each does to the gradient):
     each step is a constant for the gradient, so each step trains the weights through itself alone.
 
 Adam with gradient clipping by global norm; the loss is in nats, reported as bits per character.
-Nothing here prints: progress bars, previews and checkpoints are callbacks the caller attaches.
+Nothing here prints and nothing here knows a run folder: progress bars, previews and checkpoints are
+callbacks the caller attaches (`sessions.py` wires them to a run).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from chargen import corpus
-from chargen.checkpoints import Run
+from chargen.config import TrainingConfig
 from chargen.errors import ChargenError
 from chargen.model import CharModel
 from chargen.vocab import Vocabulary
 
-MODES = ("bptt", "teacher-forcing")
 LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Every hyperparameter of a run; saved with it, so a run describes itself."""
-
-    cell: str = "lstm"  # "rnn", "gru" or "lstm"
-    num_layers: int = 2  # recurrent layers stacked
-    units: int = 256  # hidden size per layer
-    embedding_dim: int = 64  # size of the character vectors
-    dropout: float = 0.0  # between layers, while training
-    seq_len: int = 100  # window length: characters per training sequence (BPTT horizon)
-    batch_size: int = 32  # windows per step
-    mode: str = "bptt"  # "bptt" or "teacher-forcing"
-    stateful: bool = False  # carry the state from one window to the next of the same stream
-    learning_rate: float = 2e-3  # Adam
-    clip_norm: float = 5.0  # clip gradients to this global norm (0 = no clipping)
-    steps: int | None = None  # stop after this many steps in total (None: no step limit)
-    epochs: float | None = None  # stop after this many passes over the training text
-    time_limit: float | None = None  # stop after this many seconds of this session
-    val_fraction: float = 0.1  # the tail of the text held out for validation
-    eval_every: int = 200  # steps between evaluations (0: only at the end)
-    seed: int = 0  # weights, window order and dropout
-
-    def __post_init__(self):
-        validate(self)
-
-    @classmethod
-    def from_saved(cls, saved: dict, **changes) -> TrainingConfig:
-        """The config recorded in a run, with `changes` applied; a damaged record is the user's to fix."""
-        try:
-            return cls(**{**saved, **changes})
-        except TypeError as error:
-            raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); the file is damaged") from None
-
-    def model_arguments(self) -> dict:
-        return {
-            "cell": self.cell,
-            "num_layers": self.num_layers,
-            "units": self.units,
-            "embedding_dim": self.embedding_dim,
-            "dropout": self.dropout,
-        }
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def validate(config: TrainingConfig) -> None:
-    """All option checks in one place, each failing with the option, the rule and the value."""
-    positive = ("num_layers", "units", "embedding_dim", "seq_len", "batch_size")
-    for name in positive:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ChargenError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    checks = [
-        (config.mode in MODES, f"mode must be one of {', '.join(MODES)}", "mode"),
-        (config.cell in ("rnn", "gru", "lstm"), "cell must be one of rnn, gru, lstm", "cell"),
-        (0.0 <= config.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
-        (config.learning_rate > 0, "learning_rate must be positive", "learning_rate"),
-        (config.clip_norm >= 0, "clip_norm must be 0 (off) or positive", "clip_norm"),
-        (config.steps is None or config.steps >= 1, "steps must be at least 1", "steps"),
-        (config.epochs is None or config.epochs > 0, "epochs must be positive", "epochs"),
-        (config.time_limit is None or config.time_limit > 0, "time_limit must be positive", "time_limit"),
-        (0.0 <= config.val_fraction < 1.0, "val_fraction must be in [0, 1)", "val_fraction"),
-        (config.eval_every >= 0, "eval_every must be 0 (only at the end) or positive", "eval_every"),
-    ]
-    for ok, rule, name in checks:
-        if not ok:
-            raise ChargenError(f"{rule}. Received: {name}={getattr(config, name)!r}")
-    if config.stateful and config.mode != "bptt":
-        raise ChargenError("stateful training carries the state between windows and applies to bptt only. Received: mode='teacher-forcing', stateful=True")
 
 
 class Callback:
@@ -224,7 +150,7 @@ class Trainer:
         if config.stateful and self.carried_states is None:
             self.carried_states = model.initial_states(config.batch_size)
         self.distribution = tf.distribute.get_strategy()  # the one whose scope the model was built in
-        # XLA fuses the many small operations between the matrix products: 1.05x to 1.3x at 2x512 (bench).
+        # XLA fuses the many small operations between the matrix products (see the README's Results).
         self._train_step = tf.function(self._distributed_step, reduce_retracing=True, jit_compile=xla)
         self._evaluator = Evaluator(model, config.seq_len, config.batch_size)
 
@@ -326,88 +252,3 @@ class Trainer:
         logs["step"] = self.last_evaluated_step = progress.step
         for callback in self.callbacks:
             callback.on_evaluate(self, logs)
-
-
-class SaveCheckpoints(Callback):
-    """Saves a snapshot at every evaluation and when training stops, and logs the metrics."""
-
-    def __init__(self, run: Run):
-        self.run = run
-        self.saved_step = None
-
-    def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
-        record = {k: logs.get(k) for k in ("step", "loss", "bpc", "val_loss", "val_bpc")}
-        record["chars_seen"] = trainer.progress.chars_seen
-        record["elapsed_seconds"] = round(trainer.progress.elapsed_seconds, 3)
-        self.run.append_metrics(record)
-        self._save(trainer, best=bool(logs.get("best")))
-
-    def on_train_end(self, trainer: Trainer, logs: dict) -> None:
-        if trainer.progress.step != self.saved_step:
-            self._save(trainer, best=False)
-
-    def _save(self, trainer: Trainer, best: bool) -> None:
-        states = trainer.carried_states if trainer.config.stateful else None
-        self.run.save_snapshot(trainer.model, trainer.optimizer, dataclasses.asdict(trainer.progress), states, best=best)
-        self.saved_step = trainer.progress.step
-
-
-def versions() -> dict:
-    import chargen
-
-    return {"chargen": chargen.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
-
-
-def encode_and_split(text_corpus: corpus.Corpus, vocab: Vocabulary, config: TrainingConfig):
-    ids = vocab.encode(text_corpus.text)
-    return corpus.split_ids(ids, config.val_fraction, config.seq_len)
-
-
-def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Path, callbacks=(), xla: bool = True) -> Trainer:
-    """A trainer for a new run on `text_corpus`, with its run folder created and checkpointing attached.
-    `xla`: compile the training step with XLA (as `--device`, a setting of this session, not of the run)."""
-    vocab = Vocabulary.from_text(text_corpus.text)
-    train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
-    run = Run.create(run_path, {
-        "training": config.to_dict(),
-        "corpus": {"sources": [list(source) for source in text_corpus.sources], "characters": len(text_corpus.text),
-                   "bytes": text_corpus.num_bytes, "sha256": text_corpus.sha256},
-        "vocab_size": len(vocab),
-        "versions": versions(),
-    }, vocab)
-    model = build_model(config, len(vocab))
-    return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab, xla=xla)
-
-
-def resume_session(text_corpus: corpus.Corpus, run: Run, limits: dict, callbacks=(), xla: bool = True) -> Trainer:
-    """A trainer continuing `run` exactly where it stopped: weights, optimiser, step, data position, states.
-
-    `limits` may change steps, epochs, time_limit and eval_every; everything else is the run's.
-    """
-    saved = run.config
-    expected = saved.get("corpus", {}).get("sha256")
-    if expected and expected != text_corpus.sha256:
-        raise ChargenError(
-            f"the corpus given differs from the one run {run.name} was trained on (sha256 {text_corpus.sha256[:12]}… "
-            f"instead of {expected[:12]}…); pass the same files to resume, or start a new run"
-        )
-    config = TrainingConfig.from_saved(saved["training"], **limits)
-    vocab = run.vocabulary()
-    train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
-    model = run.load_model("last")
-    optimizer = make_optimizer(config)
-    optimizer.build(model.trainable_variables)
-    run.restore_optimizer(optimizer, "last")
-    progress = Progress(**run.load_progress("last"))
-    states = run.load_states(config.num_layers, "last") if config.stateful else None
-    return Trainer(model, config, train_ids, val_ids, optimizer=optimizer, progress=progress,
-                   carried_states=states, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab, xla=xla)
-
-
-def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best") -> dict:
-    """Bits per character and perplexity (per character) of a saved model on a text."""
-    config = TrainingConfig.from_saved(run.config["training"])
-    ids = run.vocabulary().encode(text_corpus.text)
-    total, count = Evaluator(run.load_model(which), config.seq_len, config.batch_size).score(ids)
-    nats = total / count
-    return {"bits_per_char": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "characters": count}

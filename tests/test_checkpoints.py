@@ -18,12 +18,13 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from chargen import checkpoints  # noqa: E402
-from chargen.checkpoints import Run, atomic_write_text, resolve_run  # noqa: E402
+from chargen.atomic import atomic_write_text  # noqa: E402
+from chargen.checkpoints import Run, resolve_run  # noqa: E402
 from chargen.errors import ChargenError  # noqa: E402
 from chargen.model import CharModel  # noqa: E402
 from chargen.vocab import Vocabulary  # noqa: E402
 
-from test_cli import TINY, run_cli, write_corpus  # noqa: E402
+from helpers import TINY, run_cli, write_corpus  # noqa: E402
 
 VOCAB = Vocabulary.from_text("abcde \n")
 CONFIG = {"training": {"cell": "gru", "num_layers": 1, "units": 4, "embedding_dim": 3}}

@@ -7,7 +7,6 @@ interrupted training in test_checkpoints.py.
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 import subprocess
@@ -15,71 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from chargen.cli import cli
-
-# A model that trains in about a second: enough to exercise every path, not to learn anything.
-TINY = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--steps", "4",
-        "--eval-every", "2", "--embedding-dim", "8", "--quiet"]
-WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "juniper"]
-
-
-def write_corpus(path: Path, words: int = 900, seed: int = 0) -> Path:
-    """About 5 KB of random words from a fixed list, generated here (no text copied from anywhere)."""
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(words // 10)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def run_cli(*args, **kwargs):
-    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
-
-
-def assert_user_error(result, *fragments: str, after_start: bool = False) -> str:
-    """Non-zero exit, one line on stderr naming the problem, no traceback; returns the line.
-
-    after_start: the mistake shows once training has started, after its one status line.
-    """
-    assert result.exit_code not in (0, None), result.output
-    assert "Traceback" not in result.output
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.strip().splitlines()
-    if after_start:
-        assert lines and lines[0].startswith("training "), result.stderr
-        lines = lines[1:]
-    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
-    line = lines[0]
-    assert line.startswith("Error: "), line
-    assert "unexpected" not in line, f"a user's mistake reported as a bug: {line}"
-    for fragment in fragments:
-        assert fragment.lower() in line.lower(), f"{fragment!r} not in {line!r}"
-    return line
-
-
-@pytest.fixture(autouse=True)
-def no_debug_from_environment(monkeypatch):
-    monkeypatch.delenv("CHARGEN_DEBUG", raising=False)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny trained run, shared; tests that damage it work on a copy (`run_copy`)."""
-    folder = tmp_path_factory.mktemp("trained")
-    corpus = write_corpus(folder / "words.txt")
-    checkpoint_dir = folder / "checkpoints"
-    result = run_cli("train", corpus, *TINY, "--checkpoint-dir", checkpoint_dir, "--run-name", "tiny")
-    assert result.exit_code == 0, result.output
-    return {"corpus": corpus, "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "tiny"}
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path):
-    checkpoint_dir = tmp_path / "checkpoints"
-    shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
-    return {"corpus": trained["corpus"], "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "tiny"}
-
+from helpers import TINY, assert_user_error, run_cli, write_corpus
 
 # --help and `samplers` answer without TensorFlow ---------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import TINY, run_cli, write_corpus
+from helpers import TINY, run_cli
 
 PRIME = "cedar "
 
@@ -32,17 +32,6 @@ def sample_text(run, seed, length=40, prime=PRIME, *extra) -> str:
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith("\n")
     return result.stdout[:-1]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("roundtrip")
-    corpus = write_corpus(folder / "words.txt")
-    checkpoint_dir = folder / "checkpoints"
-    options = [option for option in TINY if option != "--quiet"]  # keep the evaluation lines and previews
-    result = run_cli("train", corpus, *options, "--checkpoint-dir", checkpoint_dir, "--run-name", "trip",
-                     "--preview-length", "30")
-    return {"corpus": corpus, "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "trip", "result": result}
 
 
 # train -------------------------------------------------------------------------------------------
@@ -65,7 +54,7 @@ def test_train_prints_each_evaluation_with_a_preview(trained):
 
 
 def test_run_folder_has_config_with_corpus_hash_versions_and_hyperparameters(trained):
-    from chargen.training import TrainingConfig
+    from chargen.config import TrainingConfig
 
     config = json.loads((trained["run"] / "config.json").read_text(encoding="utf-8"))
     assert config["format_version"] == 1
@@ -153,13 +142,13 @@ def test_sample_with_no_run_uses_the_newest(trained, tmp_path):
     implicit = run_cli("sample", "--checkpoint-dir", checkpoint_dir, "--seed", "4", "--length", "40", "--prime", PRIME)
     assert implicit.exit_code == 0, implicit.output
     assert implicit.stdout[:-1] == sample_text(checkpoint_dir / "newer", 4, 40)
-    assert implicit.stdout[:-1] != sample_text(checkpoint_dir / "trip", 4, 40)
+    assert implicit.stdout[:-1] != sample_text(checkpoint_dir / "tiny", 4, 40)
     info = run_cli("info", "--checkpoint-dir", checkpoint_dir, "--json")
     assert json.loads(info.stdout)["run"] == str(checkpoint_dir / "newer")
 
 
 def test_sample_names_the_run_by_name_inside_the_checkpoint_dir(trained):
-    by_name = run_cli("sample", "trip", "--checkpoint-dir", trained["checkpoint_dir"], "--seed", "7", "--length", "40", "--prime", PRIME)
+    by_name = run_cli("sample", "tiny", "--checkpoint-dir", trained["checkpoint_dir"], "--seed", "7", "--length", "40", "--prime", PRIME)
     assert by_name.exit_code == 0, by_name.output
     assert by_name.stdout[:-1] == sample_text(trained["run"], 7, 40)
 
@@ -310,22 +299,22 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
 def test_plain_resume_finishes_the_saved_limit_with_the_saved_interval(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
-    config_path = checkpoint_dir / "trip" / "config.json"
+    config_path = checkpoint_dir / "tiny" / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["training"]["steps"] = 6  # as if the run, meant for 6 steps, had been stopped at step 4
     config_path.write_text(json.dumps(config), encoding="utf-8")
-    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "trip", "--checkpoint-dir", checkpoint_dir, "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert "step 6:" in result.stdout
-    assert [record["step"] for record in metrics(checkpoint_dir / "trip")] == [2, 4, 6]  # --eval-every 2 kept
+    assert [record["step"] for record in metrics(checkpoint_dir / "tiny")] == [2, 4, 6]  # --eval-every 2 kept
 
 
 def test_resuming_a_finished_run_changes_nothing(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
-    before = last_snapshot(checkpoint_dir / "trip")
-    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "trip", "--checkpoint-dir", checkpoint_dir, "--quiet")
+    before = last_snapshot(checkpoint_dir / "tiny")
+    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert "already reached step 4" in result.stderr and "--steps" in result.stderr
-    assert last_snapshot(checkpoint_dir / "trip") == before
-    assert [record["step"] for record in metrics(checkpoint_dir / "trip")] == [2, 4]
+    assert last_snapshot(checkpoint_dir / "tiny") == before
+    assert [record["step"] for record in metrics(checkpoint_dir / "tiny")] == [2, 4]

@@ -17,7 +17,7 @@ import pytest
 from chargen import downloads
 from chargen.downloads import KnownCorpus
 
-from test_cli import assert_user_error, run_cli  # noqa: E402
+from helpers import assert_user_error, run_cli  # noqa: E402
 
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 CONTENT = "".join(f"line {i}: the quick brown fox\n" for i in range(5000)).encode()

@@ -10,7 +10,6 @@ from chargen.synthetic import (
     MARKOV_ALPHABET,
     RECALL_FILLER,
     RECALL_KEYS,
-    SYNTHETIC_KINDS,
     markov_entropy_rate,
     markov_source,
     recall_source,
@@ -139,6 +138,3 @@ def test_recall_refuses_bad_parameters():
     with pytest.raises(ChargenError, match="Received: lag=0"):
         recall_source(lag=0, num_keys=4, filler_size=4, length=100, seed=0)
 
-
-def test_kinds_name_the_sources():
-    assert SYNTHETIC_KINDS == {"markov": markov_source, "recall": recall_source}

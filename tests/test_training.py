@@ -7,7 +7,8 @@ import pytest
 
 from chargen import corpus, synthetic
 from chargen.errors import ChargenError
-from chargen.training import Callback, Trainer, TrainingConfig, build_model
+from chargen.config import TrainingConfig
+from chargen.training import Callback, Trainer, build_model
 from chargen.vocab import Vocabulary
 
 
@@ -18,7 +19,7 @@ def train(text: str, **overrides):
     config = TrainingConfig(**{**settings, **overrides})
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
-    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, vocab=vocab)
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, vocab=vocab, xla=False)
     return trainer, trainer.fit()
 
 
@@ -57,7 +58,7 @@ def test_loss_is_reported_in_nats_and_bits():
     config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=3, eval_every=0)
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
-    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[Record()])
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[Record()], xla=False)
     trainer.fit()
     assert [logs["step"] for logs in recorded] == [1, 2, 3]
     first = recorded[0]
@@ -84,7 +85,7 @@ def test_stop_request_ends_training_and_is_reported():
     config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=50, eval_every=0)
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
-    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[StopAtTwo()])
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[StopAtTwo()], xla=False)
     progress = trainer.fit()
     assert progress.step == 2 and trainer.stopped_by == "interrupt"
     assert progress.last_val_bpc is not None  # the end of training always evaluates
@@ -128,11 +129,34 @@ def test_xla_compiled_training_equals_the_uncompiled_step(cell, mode, fused):
     assert xla_bpc == pytest.approx(plain_bpc, rel=1e-5)
 
 
-def test_stateful_training_carries_the_final_state_into_the_next_window():
+def test_stateful_training_feeds_each_window_the_state_the_previous_window_ended_with():
     text = "".join(np.random.default_rng(1).choice(list("abcdefgh"), 4000))
-    trainer, _ = train(text, stateful=True, steps=2, units=8, seq_len=16, batch_size=4)
-    states = trainer.carried_states
-    assert len(states) == 1 and np.abs(np.asarray(states[0][0])).sum() > 0  # not the zero start any more
+    config = TrainingConfig(num_layers=2, units=8, embedding_dim=4, seq_len=8, batch_size=4, steps=2,
+                            eval_every=0, stateful=True)
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
+    after_first_step = {}
+
+    class Keep(Callback):
+        def on_step_end(self, trainer, logs):
+            if logs["step"] == 1:
+                after_first_step["weights"] = [np.asarray(w) for w in trainer.model.weights]
+                after_first_step["states"] = [[np.asarray(s) for s in layer] for layer in trainer.carried_states]
+
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[Keep()], xla=False)
+    trainer.fit()
+    # Replay step 2's forward pass with the weights it ran with: from the carried state it must end where
+    # the trainer's state ended; from a zero state (what a trainer that forgot to pass it would use) it must not.
+    model = build_model(config, len(vocab))
+    model.set_weights(after_first_step["weights"])
+    inputs, _ = corpus.training_batch(train_ids, config.seq_len, config.batch_size, config.seed, step=1,
+                                      stateful=True)
+    _, from_carried = model(inputs, states=after_first_step["states"])
+    _, from_zero = model(inputs)
+    for layer, carried, zero in zip(trainer.carried_states, from_carried, from_zero, strict=True):
+        for final, expected, unexpected in zip(layer, carried, zero, strict=True):
+            np.testing.assert_allclose(np.asarray(final), np.asarray(expected), rtol=0, atol=1e-6)
+            assert np.abs(np.asarray(final) - np.asarray(unexpected)).max() > 1e-4
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,229 @@
+"""The one source of configuration: cell kinds, training modes and every option of `chargen train`.
+
+TensorFlow-free, so `chargen --help` and `chargen info` stay instant. Each fact lives here once and the
+rest of chargen reads it: the Click options of `train` are made from `TRAINING_OPTIONS`, the run's
+`TrainingConfig` holds the run options, `RESUMABLE` says which of them a resumed run may change, `info`
+counts weights from `CELL_KINDS`, and the README's option table is `option_table()` (a test keeps them
+equal).
+
+Three kinds of option:
+  - a run option is part of the run (saved in config.json, fixed once training starts);
+  - a limit is part of the run too, but `--resume` may change it (how long to train, how often to evaluate);
+  - a session option is a setting of this command only (where to train, how to report), never saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from chargen.errors import ChargenError
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """A recurrent cell as the rest of chargen sees it, without importing it."""
+
+    name: str  # "--cell NAME"
+    title: str  # how documents name it
+    gate_names: tuple[str, ...]  # the gates in the order the fused kernels stack them
+    num_states: int  # state tensors carried from step to step (LSTM: h and c)
+
+
+CELL_KINDS = {
+    kind.name: kind
+    for kind in (
+        CellKind("rnn", "SimpleRNN", ("h",), 1),
+        CellKind("gru", "GRU", ("z", "r", "h"), 1),
+        CellKind("lstm", "LSTM", ("i", "f", "g", "o"), 2),
+    )
+}
+MODES = ("bptt", "teacher-forcing")
+DEVICES = ("auto", "cpu", "gpu")
+ENCODING_ERRORS = ("strict", "replace", "ignore")
+
+RUN, LIMIT, SESSION = "run", "limit", "session"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one option of `chargen train` is offered on the command line and treated on `--resume`."""
+
+    name: str  # the Python name: a TrainingConfig field or a session keyword argument
+    default: Any
+    type: type  # int, float, str or bool
+    help: str  # one line for --help and the README
+    kind: str = RUN  # RUN, LIMIT or SESSION (see the module docstring)
+    flag: str = ""  # e.g. "--layers"; default: "--" + name with dashes
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    negatable: bool = True  # a bool option also has "--no-..." (False: a plain flag such as --quiet)
+
+    @property
+    def flag_name(self) -> str:
+        """How a message names the option: "--layers"."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def flags(self) -> str:
+        """The flag as declared: "--layers", or "--stateful/--no-stateful" for a negatable bool."""
+        flag = self.flag_name
+        return f"{flag}/--no-{flag[2:]}" if self.type is bool and self.negatable else flag
+
+
+def _run_option(name, default, type_, help_, **extra) -> OptionSpec:
+    return OptionSpec(name, default, type_, help_, kind=RUN, **extra)
+
+
+def _limit(name, default, type_, help_, **extra) -> OptionSpec:
+    return OptionSpec(name, default, type_, help_, kind=LIMIT, **extra)
+
+
+def _session(name, default, type_, help_, **extra) -> OptionSpec:
+    return OptionSpec(name, default, type_, help_, kind=SESSION, **extra)
+
+
+TRAINING_OPTIONS = (
+    _run_option("cell", "lstm", str, "Recurrent cell.", choices=tuple(CELL_KINDS)),
+    _run_option("reset_after", False, bool,
+                "GRU only: apply the reset gate after the recurrent product (the cuDNN form, Keras's default)."),
+    _run_option("num_layers", 2, int, "Recurrent layers stacked.", flag="--layers"),
+    _run_option("units", 256, int, "Hidden units per layer."),
+    _run_option("embedding_dim", 64, int, "Size of the character vectors."),
+    _run_option("seq_len", 100, int, "Window length (the BPTT horizon)."),
+    _run_option("batch_size", 32, int, "Windows per step."),
+    _run_option("mode", "bptt", str, "bptt: gradient through every step; teacher-forcing: no gradient through time.",
+                choices=MODES),
+    _run_option("stateful", False, bool, "Carry the state from one window to the next of the same stream (bptt)."),
+    _limit("steps", None, int, "Stop after this many steps in total."),
+    _limit("epochs", None, float, "Stop after this many passes over the training text."),
+    _limit("time_limit", None, float, "Stop after this many seconds.", metavar="SECONDS"),
+    _run_option("learning_rate", 2e-3, float, "Adam's learning rate."),
+    _run_option("clip_norm", 5.0, float, "Clip gradients to this global norm (0: off)."),
+    _run_option("dropout", 0.0, float, "Dropout between layers."),
+    _run_option("val_fraction", 0.1, float, "Tail of the text held out for validation."),
+    _limit("eval_every", 200, int, "Steps between evaluations and saves (0: only at the end)."),
+    _run_option("seed", 0, int, "Seed for weights, window order and dropout."),
+    _session("run_name", None, str, "Name of the run folder (default: cell, corpus and time)."),
+    _session("checkpoint_dir", "checkpoints", str, "Folder that holds the runs."),
+    _session("resume", False, bool, "Continue --run-name (or the newest run) where it stopped.", negatable=False),
+    _session("encoding", "utf-8", str, "Text encoding of the corpus files."),
+    _session("encoding_errors", "strict", str,
+             "What to do with bytes that do not decode: strict (stop), replace or ignore.", choices=ENCODING_ERRORS),
+    _session("device", "auto", str, "Where to train (auto: a GPU when TensorFlow sees one).", choices=DEVICES),
+    _session("xla", True, bool, "Compile the training step with XLA (faster steps, a few seconds more to start)."),
+    _session("preview_length", 120, int, "Characters of sample shown at each evaluation (0: none)."),
+    _session("quiet", False, bool, "No progress bar or previews; only the final summary.", negatable=False),
+)
+OPTIONS = {option.name: option for option in TRAINING_OPTIONS}
+RESUMABLE = tuple(option.name for option in TRAINING_OPTIONS if option.kind == LIMIT)
+STOP_LIMITS = ("steps", "epochs", "time_limit")  # training stops at whichever comes first
+
+
+def _field(name: str):
+    """A TrainingConfig field whose default is the option's, so the two cannot drift apart."""
+    return dataclasses.field(default=OPTIONS[name].default, metadata={"help": OPTIONS[name].help})
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every setting of a run, saved with it in config.json so a run describes itself; checked by `validate`.
+
+    The defaults and help texts are those of `TRAINING_OPTIONS`.
+    """
+
+    cell: str = _field("cell")  # a key of CELL_KINDS
+    reset_after: bool = _field("reset_after")  # GRU's candidate form
+    num_layers: int = _field("num_layers")
+    units: int = _field("units")  # hidden size per layer
+    embedding_dim: int = _field("embedding_dim")
+    seq_len: int = _field("seq_len")  # characters per training window: the BPTT horizon
+    batch_size: int = _field("batch_size")  # windows per step
+    mode: str = _field("mode")  # one of MODES
+    stateful: bool = _field("stateful")
+    steps: int | None = _field("steps")  # None: no step limit
+    epochs: float | None = _field("epochs")
+    time_limit: float | None = _field("time_limit")  # seconds of this session
+    learning_rate: float = _field("learning_rate")  # Adam
+    clip_norm: float = _field("clip_norm")  # 0: no clipping
+    dropout: float = _field("dropout")  # between layers, while training
+    val_fraction: float = _field("val_fraction")
+    eval_every: int = _field("eval_every")  # 0: only at the end
+    seed: int = _field("seed")
+
+    def __post_init__(self):
+        validate(self)
+
+    @classmethod
+    def from_saved(cls, saved: dict, **changes) -> TrainingConfig:
+        """The config recorded in a run, with `changes` applied; a damaged record is the user's to fix.
+
+        A run saved before an option existed gets that option's default (its behaviour then).
+        """
+        try:
+            return cls(**{**saved, **changes})
+        except TypeError as error:
+            raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); "
+                               "the file is damaged") from None
+
+    def model_arguments(self) -> dict:
+        """What `CharModel` is built from."""
+        return {"cell": self.cell, "num_layers": self.num_layers, "units": self.units,
+                "embedding_dim": self.embedding_dim, "dropout": self.dropout, "reset_after": self.reset_after}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate(config: TrainingConfig) -> None:
+    """All option checks in one place, each failing with the option, the rule and the value."""
+    for name in ("num_layers", "units", "embedding_dim", "seq_len", "batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ChargenError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    checks = [
+        (config.mode in MODES, f"mode must be one of {', '.join(MODES)}", "mode"),
+        (config.cell in CELL_KINDS, f"cell must be one of {', '.join(CELL_KINDS)}", "cell"),
+        (0.0 <= config.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
+        (config.learning_rate > 0 and math.isfinite(config.learning_rate), "learning_rate must be positive",
+         "learning_rate"),
+        (config.clip_norm >= 0, "clip_norm must be 0 (off) or positive", "clip_norm"),
+        (config.steps is None or config.steps >= 1, "steps must be at least 1", "steps"),
+        (config.epochs is None or config.epochs > 0, "epochs must be positive", "epochs"),
+        (config.time_limit is None or config.time_limit > 0, "time_limit must be positive", "time_limit"),
+        (0.0 <= config.val_fraction < 1.0, "val_fraction must be in [0, 1)", "val_fraction"),
+        (config.eval_every >= 0, "eval_every must be 0 (only at the end) or positive", "eval_every"),
+    ]
+    for ok, rule, name in checks:
+        if not ok:
+            raise ChargenError(f"{rule}. Received: {name}={getattr(config, name)!r}")
+    if config.stateful and config.mode != "bptt":
+        raise ChargenError("stateful training carries the state between windows and applies to bptt only. "
+                           "Received: mode='teacher-forcing', stateful=True")
+    if config.reset_after and config.cell != "gru":
+        raise ChargenError(f"reset_after is a form of the GRU's candidate and applies to --cell gru only. "
+                           f"Received: cell={config.cell!r}, reset_after=True")
+
+
+def option_table() -> str:
+    """The README's table of `chargen train` options, made from `TRAINING_OPTIONS`."""
+    kinds = {RUN: "run", LIMIT: "run; may change on --resume", SESSION: "this command"}
+    rows = ["| option | default | meaning | belongs to |", "|---|---|---|---|"]
+    for option in TRAINING_OPTIONS:
+        flag = option.flags
+        if option.choices:
+            flag += " [" + "\\|".join(option.choices) + "]"
+        if option.metavar:
+            flag += " " + option.metavar
+        rows.append(f"| `{flag}` | {_shown(option)} | {option.help} | {kinds[option.kind]} |")
+    return "\n".join(rows)
+
+
+def _shown(option: OptionSpec) -> str:
+    if option.default is None or option.type is bool and not option.negatable:
+        return ""
+    if option.type is bool:
+        return "on" if option.default else "off"
+    return str(option.default)

@@ -1,0 +1,39 @@
+"""Fixtures shared by the test modules: one tiny trained run for every test that only reads a run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from helpers import TINY, run_cli, write_corpus
+
+
+@pytest.fixture(autouse=True)
+def no_debug_from_environment(monkeypatch):
+    """A developer's CHARGEN_DEBUG=1 must not turn the one-line errors the tests expect into tracebacks."""
+    monkeypatch.delenv("CHARGEN_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One tiny run trained through the CLI, with its evaluation lines and previews; read it, never change it.
+
+    A test that damages or resumes a run works on `run_copy`.
+    """
+    folder = tmp_path_factory.mktemp("trained")
+    corpus = write_corpus(folder / "words.txt")
+    checkpoint_dir = folder / "checkpoints"
+    options = [option for option in TINY if option != "--quiet"]  # keep the evaluation lines and previews
+    result = run_cli("train", corpus, *options, "--checkpoint-dir", checkpoint_dir, "--run-name", "tiny",
+                     "--preview-length", "30")
+    assert result.exit_code == 0, result.output
+    return {"corpus": corpus, "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "tiny", "result": result}
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A copy of the shared run, its checkpoint folder and corpus, for a test to damage or extend."""
+    checkpoint_dir = tmp_path / "checkpoints"
+    shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
+    return {"corpus": trained["corpus"], "checkpoint_dir": checkpoint_dir, "run": checkpoint_dir / "tiny"}

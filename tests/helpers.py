@@ -1,0 +1,50 @@
+"""What many test modules use: a tiny corpus written here, the CLI runner and the one-line-error check."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from chargen.cli import cli
+
+# A model that trains in about a second: enough to exercise every path, not to learn anything. XLA only
+# adds compile time here; the tests whose subject it is turn it on themselves.
+TINY = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--steps", "4",
+        "--eval-every", "2", "--embedding-dim", "8", "--quiet", "--no-xla"]
+WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "juniper"]
+
+
+def write_corpus(path: Path, words: int = 900, seed: int = 0) -> Path:
+    """About 5 KB of random words from a fixed list, generated here (no text copied from anywhere)."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(words // 10)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args, **kwargs):
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def assert_user_error(result, *fragments: str, after_start: bool = False) -> str:
+    """Non-zero exit, one line on stderr naming the problem, no traceback; returns the line.
+
+    after_start: the mistake shows once training has started, after its one status line.
+    """
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    if after_start:
+        assert lines and lines[0].startswith("training "), result.stderr
+        lines = lines[1:]
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    line = lines[0]
+    assert line.startswith("Error: "), line
+    assert "unexpected" not in line, f"a user's mistake reported as a bug: {line}"
+    for fragment in fragments:
+        assert fragment.lower() in line.lower(), f"{fragment!r} not in {line!r}"
+    return line
