@@ -112,9 +112,11 @@ class GRUCell(_Cell):
     h~_t = tanh(W_xh x_t + W_hh (r_t * h_{t-1}) + b_h)     candidate
     h_t = z_t * h_{t-1} + (1 - z_t) * h~_t
 
-    With `reset_after=True` the candidate is tanh(W_xh x_t + r_t * (W_hh h_{t-1} + b'_h) + b_h)
-    instead (the cuDNN form): all three recurrent products then happen in one matrix product, at the
-    cost of a second bias vector `recurrent_bias`.
+    With `reset_after=True` (the cuDNN form, Keras's default) each gate also gets a recurrent bias b'
+    (`recurrent_bias`, order z, r, h) and the reset gate applies after the recurrent product:
+    z_t = sigmoid(W_xz x_t + b_z + W_hz h_{t-1} + b'_z), likewise r_t, and
+    h~_t = tanh(W_xh x_t + b_h + r_t * (W_hh h_{t-1} + b'_h)), so all three recurrent products happen
+    in one matrix product.
 
     Args:
         units: size of the hidden state h.

@@ -62,6 +62,18 @@ def test_train_help_names_the_options_of_the_contract():
         assert option in output, option
 
 
+def test_info_reads_a_run_without_importing_tensorflow(trained):
+    output = _run_without_tensorflow("info", str(trained["run"]))
+    assert "lstm, 1 layer(s) of 16 units" in output
+
+
+def test_reset_after_is_refused_for_cells_other_than_the_gru(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, *TINY, "--cell", "lstm", "--reset-after", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "reset_after", "gru", "Received: cell='lstm'")
+    assert not (tmp_path / "ck").exists()
+
+
 def test_samplers_lists_the_builtins_without_importing_tensorflow():
     output = _run_without_tensorflow("samplers")
     for name in ("greedy", "random", "top-k", "top-p", "min-p", "typical", "beam"):

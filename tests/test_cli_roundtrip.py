@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chargen.checkpoints import Run
+
 from helpers import TINY, run_cli
 
 PRIME = "cedar "
@@ -185,13 +187,14 @@ def test_eval_of_the_whole_corpus_in_words(trained):
 
 # info --------------------------------------------------------------------------------------------
 
-def test_info_counts_the_parameters_and_shapes_of_the_real_model(trained):
+def assert_info_matches_the_saved_model(run: Path) -> dict:
+    """`info --json` names and counts every weight of the model file it never loads; returns its details."""
     from chargen.checkpoints import Run
 
-    result = run_cli("info", trained["run"], "--json")
+    result = run_cli("info", run, "--json")
     assert result.exit_code == 0, result.output
     details = json.loads(result.stdout)
-    model = Run.open(trained["run"]).load_model("last")
+    model = Run.open(run).load_model("last")
     assert details["parameters"] == sum(int(np.prod(w.shape)) for w in model.weights)
     assert details["parameters"] == sum(int(np.prod(w["shape"])) for w in details["weights"])
 
@@ -211,11 +214,38 @@ def test_info_counts_the_parameters_and_shapes_of_the_real_model(trained):
         assert {k[0] for k in recurrent_kernels} == {cell.recurrent_kernel.shape[0]}
         assert sum(k[1] for k in recurrent_kernels) == cell.recurrent_kernel.shape[1]
         assert sum(b[0] for b in biases) == cell.bias.shape[0]
-
-    assert (details["cell"], details["layers"], details["units"], details["embedding_dim"]) == ("lstm", 1, 16, 8)
+        recurrent_biases = [shapes[f"layer{index}.b'_{g}"] for g in gates if f"layer{index}.b'_{g}" in shapes]
+        if getattr(cell, "reset_after", False):
+            assert sum(b[0] for b in recurrent_biases) == cell.recurrent_bias.shape[0]
+        else:
+            assert recurrent_biases == []
     assert details["vocab_size"] == model.vocab_size
+    return details
+
+
+def test_info_counts_the_parameters_and_shapes_of_the_real_model(trained):
+    details = assert_info_matches_the_saved_model(trained["run"])
+    assert (details["cell"], details["layers"], details["units"], details["embedding_dim"]) == ("lstm", 1, 16, 8)
     assert details["steps"] == 4 and details["chars_seen"] == 512
     assert details["last_val_bpc"] == pytest.approx(metrics(trained["run"])[-1]["val_bpc"])
+
+
+def test_gru_reset_after_trains_samples_resumes_and_is_counted_by_info(trained, tmp_path):
+    checkpoint_dir = tmp_path / "checkpoints"
+    result = run_cli("train", trained["corpus"], *TINY, "--layers", "2", "--cell", "gru", "--reset-after",
+                     "--checkpoint-dir", checkpoint_dir, "--run-name", "gru")
+    assert result.exit_code == 0, result.output
+    run = checkpoint_dir / "gru"
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["training"]["reset_after"] is True
+    details = assert_info_matches_the_saved_model(run)
+    assert details["reset_after"] is True and details["cell"] == "gru"
+    assert "layer1.b'_h" in {w["name"] for w in details["weights"]}
+    assert "gru (reset after)" in run_cli("info", run).stdout
+    assert len(sample_text(run, 3, 20)) == len(PRIME) + 20
+    resumed = run_cli("train", trained["corpus"], "--steps", "6", "--resume", "--run-name", "gru",
+                      "--checkpoint-dir", checkpoint_dir, "--quiet", "--no-xla")
+    assert resumed.exit_code == 0, resumed.output
+    assert all(layer.cell.reset_after for layer in Run.open(run).load_model("last").recurrent_layers)
 
 
 def test_info_in_words(trained):

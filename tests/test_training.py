@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from chargen import corpus, synthetic
-from chargen.errors import ChargenError
 from chargen.config import TrainingConfig
 from chargen.training import Callback, Trainer, build_model
 from chargen.vocab import Vocabulary
@@ -158,18 +157,3 @@ def test_stateful_training_feeds_each_window_the_state_the_previous_window_ended
             np.testing.assert_allclose(np.asarray(final), np.asarray(expected), rtol=0, atol=1e-6)
             assert np.abs(np.asarray(final) - np.asarray(unexpected)).max() > 1e-4
 
-
-@pytest.mark.parametrize(
-    ("overrides", "named"),
-    [
-        ({"units": 0}, "units"),
-        ({"mode": "guess"}, "mode"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"learning_rate": 0.0}, "learning_rate"),
-        ({"val_fraction": 1.0}, "val_fraction"),
-        ({"mode": "teacher-forcing", "stateful": True}, "stateful"),
-    ],
-)
-def test_invalid_settings_name_the_option(overrides, named):
-    with pytest.raises(ChargenError, match=named):
-        TrainingConfig(**overrides)
