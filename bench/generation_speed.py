@@ -76,8 +76,12 @@ def measure_generate(stepper, vocab, batch: int, length: int, repeats: int) -> d
 
     sampler = strategy("random")
     generate(stepper, vocab, sampler, GenerationRequest(length=20, num_samples=batch, seed=0))  # warm-up
+
+    def request(seed: int) -> GenerationRequest:
+        return GenerationRequest(length=length, num_samples=batch, seed=seed)
+
     seconds = [
-        time_once(lambda r=r: generate(stepper, vocab, sampler, GenerationRequest(length=length, num_samples=batch, seed=r)))
+        time_once(lambda r=r: generate(stepper, vocab, sampler, request(r)))
         for r in range(repeats)
     ]
     timing = summary(seconds)
@@ -104,7 +108,8 @@ def measure_stepper(stepper, batch: int, steps: int, repeats: int) -> dict:
 def step_matrices(stepper) -> list[np.ndarray]:
     """The matrices one `NumpyStepper` step multiplies, in order (read from its internals: [] if they change)."""
     names = ("kernel", "input_kernel", "recurrent_kernel")
-    matrices = [m for layer in getattr(stepper, "layers", []) for m in (getattr(layer, n, None) for n in names) if m is not None]
+    held = (getattr(layer, name, None) for layer in getattr(stepper, "layers", []) for name in names)
+    matrices = [matrix for matrix in held if matrix is not None]
     head = getattr(stepper, "head_kernel", None)
     return matrices + [head] if matrices and head is not None else []
 
@@ -165,7 +170,8 @@ def state_signature(model):
     """
     import tensorflow as tf
 
-    return [[tf.TensorSpec((None, size), tf.float32) for size in layer.cell.state_size] for layer in model.recurrent_layers]
+    return [[tf.TensorSpec((None, size), tf.float32) for size in layer.cell.state_size]
+            for layer in model.recurrent_layers]
 
 
 def measure_tf_function(model, vocab, batch: int, steps: int, repeats: int) -> dict:
@@ -212,7 +218,8 @@ def measure_graph_loop(model, batch: int, steps: int, repeats: int, xla: bool = 
             logits, states = model(ids[:, None], states=states)
             return t + 1, tf.cast(tf.random.categorical(logits[:, 0], 1)[:, 0], tf.int32), states
 
-        _, ids, _ = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), ids, states), maximum_iterations=count)
+        _, ids, _ = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), ids, states),
+                                  maximum_iterations=count)
         return ids
 
     ids, states = tf.zeros(batch, tf.int32), model.initial_states(batch)
@@ -244,7 +251,8 @@ def measure_strategies(stepper, vocab, batches: tuple[int, ...], calls: int, rep
     for name in BUILTIN_STRATEGIES:
         sampler = strategy(name)
         for batch in batches:
-            context = SamplingContext(step=1, ids=np.zeros((batch, 8), np.int64), rng=np.random.default_rng(0), vocab=vocab)
+            context = SamplingContext(step=1, ids=np.zeros((batch, 8), np.int64), rng=np.random.default_rng(0),
+                                      vocab=vocab)
             if sampler.kind == "token":
                 inputs = [b[:batch] for b in bank]
 
@@ -287,7 +295,9 @@ def stepper_figures(quick: bool) -> dict:
     stepper, vocab = NumpyStepper(model), vocabulary()
     return {
         "blas": blas_setting(),
-        "generate": {str(b): measure_generate(stepper, vocab, b, size[f"length_{b}"], size["repeats"]) for b in (1, 64)},
+        "generate": {
+            str(b): measure_generate(stepper, vocab, b, size[f"length_{b}"], size["repeats"]) for b in (1, 64)
+        },
         "step": {str(b): measure_stepper(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)},
     }
 
@@ -311,7 +321,9 @@ def run(quick: bool, log=print) -> dict:
         result["generate"][str(batch)] = figure
     log("  the step alone, and its matrix products alone ...")
     result["step"] = {str(b): measure_stepper(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)}
-    result["product_ceiling"] = {str(b): measure_product_ceiling(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)}
+    result["product_ceiling"] = {
+        str(b): measure_product_ceiling(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)
+    }
     log("  Keras model per character, tf.function step per character ...")
     result["keras_eager"] = {str(b): measure_keras_eager(model, vocab, b, size["keras_steps"]) for b in (1, 64)}
     result["tf_function_step"] = {
@@ -321,7 +333,8 @@ def run(quick: bool, log=print) -> dict:
         str(b): measure_graph_loop(model, b, 2 * size[f"function_steps_{b}"], size["repeats"]) for b in (1, 64)
     }
     result["graph_loop_xla"] = {
-        str(b): measure_graph_loop(model, b, 2 * size[f"function_steps_{b}"], size["repeats"], xla=True) for b in (1, 64)
+        str(b): measure_graph_loop(model, b, 2 * size[f"function_steps_{b}"], size["repeats"], xla=True)
+        for b in (1, 64)
     }
     log("  strategies ...")
     network = {b: result["step"][str(b)] for b in (1, 64)}

@@ -39,8 +39,8 @@ def sizes(quick: bool) -> dict:
 def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
     if not corpus_path.is_file():
         return {"skipped": f"{corpus_path} not found"}
-    from chargen.corpus import read_corpus, split_ids
     from chargen.config import TrainingConfig
+    from chargen.corpus import read_corpus, split_ids
     from chargen.training import Trainer, build_model
     from chargen.vocab import Vocabulary
 

@@ -65,10 +65,12 @@ def run_other_blas(quick: bool) -> dict:
 
 
 def print_machine(info: dict) -> None:
+    coretype = info["environment"][BLAS_VARIABLE] or "unset"
     print(f"Machine: {info['cpu']}, {info['cores']} cores; load average {info['load_average']}; "
-          f"numpy {info['numpy']} ({info['numpy_blas']}), OPENBLAS_CORETYPE={info['environment'][BLAS_VARIABLE] or 'unset'}")
+          f"numpy {info['numpy']} ({info['numpy_blas']}), OPENBLAS_CORETYPE={coretype}")
     if "tensorflow" in info:
-        print(f"TensorFlow {info['tensorflow']}, Keras {info['keras']}, chargen {info['chargen']}, Python {info['python']}")
+        print(f"TensorFlow {info['tensorflow']}, Keras {info['keras']}, chargen {info['chargen']}, "
+              f"Python {info['python']}")
 
 
 def print_training(result: dict) -> None:
@@ -96,8 +98,8 @@ def print_training(result: dict) -> None:
 
 def print_generation(result: dict, other: dict | None) -> None:
     net = result["network"]
-    title = (f"Generation speed: {net['layers']}-layer {net['units']}-unit {net['cell'].upper()}, vocab {net['vocab']}, "
-             "strategy random; characters per second, all rows together")
+    title = (f"Generation speed: {net['layers']}-layer {net['units']}-unit {net['cell'].upper()}, "
+             f"vocab {net['vocab']}, strategy random; characters per second, all rows together")
     reference = {b: result["tf_function_step"][b]["chars_per_second"] for b in ("1", "64")}
     rows = []
 
@@ -138,7 +140,8 @@ def print_generation(result: dict, other: dict | None) -> None:
         rows = []
         for batch in ("1", "64"):
             products, step = ceiling[batch], result["step"][batch]
-            rows.append([batch, format_number(products["microseconds_per_step"], 1), format_number(step["microseconds_per_step"], 1),
+            rows.append([batch, format_number(products["microseconds_per_step"], 1),
+                         format_number(step["microseconds_per_step"], 1),
                          format_number(products["chars_per_second"]), format_number(result["targets"][int(batch)]),
                          f"{products['gigabytes_per_second']:.0f}", f"{products['gflops']:.0f}"])
         print_table(
@@ -176,7 +179,8 @@ def print_quality(result: dict) -> None:
     for row in result["rows"]:
         curve = dict(row["curve"])
         rows.append([row["mode"]] + [f"{curve[step]:.3f}" if step in curve else "-" for step in steps]
-                    + [format_number(row["training_seconds"], 1), format_number(row["chars_seen"] / row["training_seconds"])])
+                    + [format_number(row["training_seconds"], 1),
+                       format_number(row["chars_seen"] / row["training_seconds"])])
     print_table(
         f"Validation bits per character on tiny shakespeare (last 10% of {result['characters']:,} characters), "
         f"{size['cell'].upper()} {size['layers']} x {size['units']}, batch {size['batch']}, window {size['window']}",
@@ -192,7 +196,8 @@ def print_quality(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and fewer repeats: a fast check")
-    parser.add_argument("--skip", action="append", choices=SECTIONS, default=[], help="leave a section out (repeatable)")
+    parser.add_argument("--skip", action="append", choices=SECTIONS, default=[],
+                        help="leave a section out (repeatable)")
     parser.add_argument("--cells", default="rnn,gru,lstm", help="cells for the training figures, comma-separated")
     parser.add_argument("--no-other-blas", action="store_true",
                         help=f"do not repeat the generation figures with {BLAS_VARIABLE} toggled")
@@ -201,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     started = time.perf_counter()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = {"command": " ".join([Path(sys.executable).name, "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+    results = {"command": " ".join([Path(sys.executable).name, "-m", "bench",
+                                    *(argv if argv is not None else sys.argv[1:])]),
                "quick": arguments.quick, "started": stamp}
     results["machine_before"] = machine(packages=True)
     print_machine(results["machine_before"])

@@ -46,7 +46,8 @@ def _read_json(path: Path, what: str, run: Path) -> dict:
     except FileNotFoundError:
         raise ChargenError(f"run {run} has no {what} ({Path(path).name}); it is not a complete chargen run") from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise ChargenError(f"run {run} has a damaged {what} ({Path(path).name}: {error}); delete the run or restore the file") from None
+        raise ChargenError(f"run {run} has a damaged {what} ({Path(path).name}: {error}); "
+                           "delete the run or restore the file") from None
     if not isinstance(data, dict):
         raise ChargenError(f"run {run} has a damaged {what} ({Path(path).name} holds a JSON {type(data).__name__}, "
                            "not an object); delete the run or restore the file")
@@ -68,11 +69,13 @@ class Run:
         """Make a new run folder with its config and vocabulary; an existing run is never overwritten."""
         path = Path(path)
         if path.exists() and any(path.iterdir()):
-            raise ChargenError(f"run folder {path} already exists; pass --resume to continue it or choose another --run-name")
+            raise ChargenError(f"run folder {path} already exists; pass --resume to continue it "
+                               "or choose another --run-name")
         try:
             (path / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ChargenError(f"cannot create the run folder {path} ({error.strerror}); choose another --checkpoint-dir") from None
+            raise ChargenError(f"cannot create the run folder {path} ({error.strerror}); "
+                               "choose another --checkpoint-dir") from None
         run = cls(path)
         atomic_write_text(path / "vocab.json", vocab.to_json())
         atomic_write_text(path / "config.json", json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
@@ -163,7 +166,8 @@ class Run:
         """The folder of the `last` or `best` snapshot."""
         pointers = self._pointers()
         if which not in pointers:
-            raise ChargenError(f"run {self.path} has no saved model yet; train it (or let training reach its first save)")
+            raise ChargenError(f"run {self.path} has no saved model yet; "
+                               "train it (or let training reach its first save)")
         return self.path / SNAPSHOTS / pointers[which]
 
     def load_model(self, which: str = "last"):
@@ -176,12 +180,14 @@ class Run:
         if not path.is_file():
             raise ChargenError(f"the model file {path} is missing; delete that snapshot or the run")
         if not zipfile.is_zipfile(path):  # Keras would call a damaged file "not found"
-            raise ChargenError(f"cannot load the model in {path} (not a .keras zip archive); the file is damaged: delete that snapshot or the run")
+            raise ChargenError(f"cannot load the model in {path} (not a .keras zip archive); "
+                               "the file is damaged: delete that snapshot or the run")
         try:
             return keras.saving.load_model(path, safe_mode=True)
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ChargenError(f"cannot load the model in {path} ({first_line[:200]}); the file is damaged: delete that snapshot or the run") from None
+            raise ChargenError(f"cannot load the model in {path} ({first_line[:200]}); "
+                               "the file is damaged: delete that snapshot or the run") from None
 
     def load_progress(self, which: str = "last") -> dict:
         return _read_json(self.snapshot_path(which) / "progress.json", "progress record", self.path)
@@ -193,7 +199,8 @@ class Run:
             with np.load(path) as saved:
                 values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            raise ChargenError(f"cannot read the optimiser state in {path} ({error}); delete that snapshot or start a new run") from None
+            raise ChargenError(f"cannot read the optimiser state in {path} ({error}); "
+                               "delete that snapshot or start a new run") from None
         variables = optimizer.variables
         if len(values) != len(variables) or any(v.shape != tuple(var.shape) for v, var in zip(values, variables)):
             raise ChargenError(f"the optimiser state in {path} does not fit this model; start a new run")
@@ -248,12 +255,14 @@ def resolve_run(run: str | None, checkpoint_dir: Path) -> Run:
     if run is None:
         runs = [p.parent for p in checkpoint_dir.glob("*/config.json")] if checkpoint_dir.is_dir() else []
         if not runs:
-            raise ChargenError(f"no runs in {checkpoint_dir}; train one with `chargen train CORPUS` or name a run folder")
+            raise ChargenError(f"no runs in {checkpoint_dir}; "
+                               "train one with `chargen train CORPUS` or name a run folder")
         return Run.open(max(runs, key=_last_saved))
     for candidate in (Path(run), checkpoint_dir / run):
         if candidate.is_dir():
             return Run.open(candidate)
-    raise ChargenError(f"no run named {run!r} (looked for the folder {run} and {checkpoint_dir / run}); `ls {checkpoint_dir}` lists the runs")
+    raise ChargenError(f"no run named {run!r} (looked for the folder {run} and {checkpoint_dir / run}); "
+                       f"`ls {checkpoint_dir}` lists the runs")
 
 
 def _last_saved(run_path: Path) -> float:

@@ -45,7 +45,8 @@ class ChargenGroup(click.Group):
             if ctx.meta.get("chargen.debug"):
                 raise
             raise click.ClickException(
-                f"unexpected {type(error).__name__}: {error} (run `chargen --debug ...` for the traceback and report it)"
+                f"unexpected {type(error).__name__}: {error} "
+                "(run `chargen --debug ...` for the traceback and report it)"
             ) from None
 
 
@@ -216,22 +217,31 @@ def _parse_strategy(strategy_name: str, option_pairs):
 @cli.command()
 @click.argument("run", required=False)
 @click.option("--strategy", default="random", show_default=True, help="Sampling strategy (see `chargen samplers`).")
-@click.option("-o", "--option", "option_pairs", multiple=True, metavar="NAME=VALUE", help="A strategy option; repeatable.")
-@click.option("--temperature", "-t", type=float, default=1.0, show_default=True, help="Divide the logits by this (stochastic strategies).")
-@click.option("--length", "-n", type=int, default=500, show_default=True, help="Characters to generate after the prime.")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A strategy option; repeatable.")
+@click.option("--temperature", "-t", type=float, default=1.0, show_default=True,
+              help="Divide the logits by this (stochastic strategies).")
+@click.option("--length", "-n", type=int, default=500, show_default=True,
+              help="Characters to generate after the prime.")
 @click.option("--prime", default="", help="Text to start from (default: a newline).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="Samples generated together as one batch.")
 @click.option("--seed", type=int, help="Make the sample repeatable.")
 @click.option("--stop", help="End a sample when this text appears (not included).")
-@click.option("--stream/--no-stream", default=True, show_default=True, help="Print characters as they are produced (one sample, to a terminal).")
-@click.option("--output", type=click.Path(dir_okay=False, writable=True), help="Write the samples to this file instead.")
-@click.option("--candidates", is_flag=True, help="Sequence-level strategies (beam): print every candidate kept, with its log-probability.")
-@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which saved model of the run.")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="Print characters as they are produced (one sample, to a terminal).")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the samples to this file instead.")
+@click.option("--candidates", is_flag=True,
+              help="Sequence-level strategies (beam): print every candidate kept, with its log-probability.")
+@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which saved model of the run.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
-def sample(run, strategy, option_pairs, temperature, length, prime, num_samples, seed, stop, stream, output, candidates, which, checkpoint_dir):
+def sample(run, strategy, option_pairs, temperature, length, prime, num_samples, seed, stop, stream, output,
+           candidates, which, checkpoint_dir):
     """Generate text from RUN (default: the newest run in --checkpoint-dir)."""
     if not temperature > 0:
-        raise ChargenError(f"--temperature must be above 0 (for the single most likely text use --strategy greedy). Received: --temperature {temperature}")
+        raise ChargenError("--temperature must be above 0 (for the single most likely text use --strategy greedy). "
+                           f"Received: --temperature {temperature}")
     chosen = _parse_strategy(strategy, option_pairs)  # before TensorFlow loads: a bad option fails fast
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints
@@ -239,13 +249,15 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
     vocab = the_run.vocabulary()
-    request = GenerationRequest(length=length, prime=prime, num_samples=num_samples, temperature=temperature, seed=seed, stop=stop)
+    request = GenerationRequest(length=length, prime=prime, num_samples=num_samples, temperature=temperature,
+                                seed=seed, stop=stop)
     validate_request(request, vocab)
     stepper = NumpyStepper(the_run.load_model(which))
     if candidates:
         for index, row in enumerate(generate_candidates(stepper, vocab, chosen, request)):
             for rank, (text, log_probability) in enumerate(row, 1):
-                click.echo(click.style(f"--- sample {index + 1}, candidate {rank}: log-probability {log_probability:.3f} nats ---", dim=True))
+                heading = f"--- sample {index + 1}, candidate {rank}: log-probability {log_probability:.3f} nats ---"
+                click.echo(click.style(heading, dim=True))
                 click.echo(text)
         return
     live = stream and output is None and num_samples == 1 and sys.stdout.isatty()
@@ -357,7 +369,8 @@ def corpus():
 
 @corpus.command()
 @click.argument("name", required=False)
-@click.option("--output", "folder", type=click.Path(file_okay=False), help="Folder to save into [default: ~/.cache/chargen/corpora].")
+@click.option("--output", "folder", type=click.Path(file_okay=False),
+              help="Folder to save into [default: ~/.cache/chargen/corpora].")
 @click.option("--url", help="Download from this address instead (a mirror); the pinned sha256 still decides.")
 def fetch(name, folder, url):
     """Download the public corpus NAME, checked against its pinned sha256 (no NAME: list them)."""
@@ -387,8 +400,10 @@ def fetch(name, folder, url):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--order", type=int, default=2, show_default=True, help="markov: characters of context.")
 @click.option("--alphabet-size", type=int, default=8, show_default=True, help="markov: distinct characters.")
-@click.option("--concentration", type=float, default=0.2, show_default=True, help="markov: Dirichlet concentration (small: peaked).")
-@click.option("--lag", type=int, default=8, show_default=True, help="recall: filler characters between a key and its repeat.")
+@click.option("--concentration", type=float, default=0.2, show_default=True,
+              help="markov: Dirichlet concentration (small: peaked).")
+@click.option("--lag", type=int, default=8, show_default=True,
+              help="recall: filler characters between a key and its repeat.")
 @click.option("--keys", "num_keys", type=int, default=4, show_default=True, help="recall: distinct keys.")
 @click.option("--filler-size", type=int, default=2, show_default=True, help="recall: distinct filler characters.")
 def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, num_keys, filler_size):
@@ -396,7 +411,8 @@ def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, 
     from chargen import synthetic
 
     if kind == "markov":
-        made = synthetic.markov_source(order=order, alphabet_size=alphabet_size, length=length, seed=seed, concentration=concentration)
+        made = synthetic.markov_source(order=order, alphabet_size=alphabet_size, length=length, seed=seed,
+                                       concentration=concentration)
     else:
         made = synthetic.recall_source(lag=lag, num_keys=num_keys, filler_size=filler_size, length=length, seed=seed)
     Path(output).write_text(made.text, encoding="utf-8")

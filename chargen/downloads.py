@@ -95,7 +95,8 @@ def _download(known: KnownCorpus, source: str, file, on_bytes, timeout: float) -
             while chunk := response.read(_CHUNK):
                 received += len(chunk)
                 if received > known.size:
-                    raise ChargenError(f"{source} sent more than the {known.size:,} bytes of {known.name}; nothing was saved")
+                    raise ChargenError(f"{source} sent more than the {known.size:,} bytes of {known.name}; "
+                                       "nothing was saved")
                 digest.update(chunk)
                 file.write(chunk)
                 if on_bytes is not None:

@@ -111,7 +111,8 @@ class _GRULayer:
         order, scale = _gate_layout("gru", cell.units)
         self.input_kernel = None if first else _input_and_bias(cell, order, scale)
         self.recurrent_kernel = _arranged(cell.recurrent_kernel, order, scale)  # (3 * units, units)
-        self.recurrent_bias = _arranged(np.asarray(cell.recurrent_bias)[None], order, scale) if self.reset_after else None
+        self.recurrent_bias = (_arranged(np.asarray(cell.recurrent_bias)[None], order, scale)  # (3 * units, 1)
+                               if self.reset_after else None)
 
     def step(self, below: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
         (h,) = state
@@ -154,7 +155,8 @@ class NumpyStepper:
     def __init__(self, model):
         kind = model.cell_kind
         cells = [layer.cell for layer in model.recurrent_layers]
-        self.layers = [_GRULayer(cell, index == 0) if kind == "gru" else _JointLayer(kind, cell, index == 0) for index, cell in enumerate(cells)]
+        self.layers = [_GRULayer(cell, index == 0) if kind == "gru" else _JointLayer(kind, cell, index == 0)
+                       for index, cell in enumerate(cells)]
         self.states_per_layer = [len(cell.state_size) for cell in cells]
         self.layer_units = [cell.units for cell in cells]
         order, scale = _gate_layout(kind, cells[0].units)
@@ -170,7 +172,8 @@ class NumpyStepper:
         self.vocab_size = model.vocab_size
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, units), np.float32) for units, count in zip(self.layer_units, self.states_per_layer) for _ in range(count)]
+        return [np.zeros((batch, units), np.float32)
+                for units, count in zip(self.layer_units, self.states_per_layer) for _ in range(count)]
 
     def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         below = self.input_table[ids][:, :self.input_width].T  # (gates * units, batch): the first layer's input term
@@ -209,7 +212,8 @@ def validate_request(request: GenerationRequest, vocab: Vocabulary) -> None:
     if request.num_samples < 1:
         raise ChargenError(f"num_samples must be at least 1. Received: num_samples={request.num_samples}")
     if not request.temperature > 0:
-        raise ChargenError(f"temperature must be above 0 (use --strategy greedy for the most likely text). Received: temperature={request.temperature}")
+        raise ChargenError("temperature must be above 0 (use --strategy greedy for the most likely text). "
+                           f"Received: temperature={request.temperature}")
     if request.stop == "":
         raise ChargenError("stop text must not be empty. Received: stop=''")
     vocab.encode(request.prime)  # a character the model never saw stops here, named
@@ -261,13 +265,15 @@ def generate_candidates(
     Each candidate is (prime + text, its log-probability in nats under the model).
     """
     if strategy.kind != "sequence":
-        raise ChargenError(f"{strategy.label} picks one character at a time and keeps no candidates; use a sequence-level strategy such as beam")
+        raise ChargenError(f"{strategy.label} picks one character at a time and keeps no candidates; "
+                           "use a sequence-level strategy such as beam")
     rows, state, rng, scale = _start(stepper, vocab, strategy, request)
     result = _generate_sequence(stepper, vocab, strategy, rows, state, request, rng, scale)
     if result.candidates is None or result.scores is None:
         return [[(request.prime + _cut(vocab.decode(row), request.stop), float("nan"))] for row in result.ids]
     return [
-        [(request.prime + _cut(vocab.decode(ids), request.stop), float(score)) for ids, score in zip(row_ids, row_scores)]
+        [(request.prime + _cut(vocab.decode(ids), request.stop), float(score))
+         for ids, score in zip(row_ids, row_scores)]
         for row_ids, row_scores in zip(result.candidates, result.scores)
     ]
 
@@ -333,7 +339,8 @@ class _Stream:
             self.on_text(self.pending.split(self.stop, 1)[0])
             self.pending, self.done = "", True
             return
-        held = next((k for k in range(min(len(self.stop) - 1, len(self.pending)), 0, -1) if self.stop.startswith(self.pending[-k:])), 0)
+        longest = min(len(self.stop) - 1, len(self.pending))
+        held = next((k for k in range(longest, 0, -1) if self.stop.startswith(self.pending[-k:])), 0)
         if len(self.pending) > held:
             self.on_text(self.pending[:len(self.pending) - held])
             self.pending = self.pending[len(self.pending) - held:]

@@ -64,7 +64,8 @@ class CharModel(keras.Model):
         self.reset_after = bool(reset_after)
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.recurrent_layers = [
-            Recurrent(make_cell(cell, units, reset_after=self.reset_after, name=f"{cell}_cell_{i}"), name=f"recurrent_{i}")
+            Recurrent(make_cell(cell, units, reset_after=self.reset_after, name=f"{cell}_cell_{i}"),
+                      name=f"recurrent_{i}")
             for i in range(num_layers)
         ]
         self.dropout = keras.layers.Dropout(dropout, name="dropout")

@@ -29,13 +29,16 @@ class ProgressBar(Callback):
     def on_step_end(self, trainer, logs: dict) -> None:
         speed = logs["chars_per_second"]
         self.rate = speed if self.rate is None else 0.9 * self.rate + 0.1 * speed  # smoothed
-        self.bar.set_postfix(loss=f"{logs['loss']:.3f}", bpc=f"{logs['bpc']:.3f}", chars_per_s=f"{self.rate:,.0f}", refresh=False)
+        self.bar.set_postfix(loss=f"{logs['loss']:.3f}", bpc=f"{logs['bpc']:.3f}", chars_per_s=f"{self.rate:,.0f}",
+                             refresh=False)
         self.bar.update(1)
 
     def on_evaluate(self, trainer, logs: dict) -> None:
         if logs.get("val_bpc") is not None:
             mark = " (best)" if logs.get("best") else ""
-            tqdm.write(f"step {logs['step']}: train {logs.get('bpc', float('nan')):.3f} bpc, validation {logs['val_bpc']:.3f} bpc{mark}", file=self.stream)
+            line = (f"step {logs['step']}: train {logs.get('bpc', float('nan')):.3f} bpc, "
+                    f"validation {logs['val_bpc']:.3f} bpc{mark}")
+            tqdm.write(line, file=self.stream)
 
     def on_train_end(self, trainer, logs: dict) -> None:
         self.bar.close()

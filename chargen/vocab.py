@@ -15,7 +15,6 @@ import numpy as np
 
 from chargen.errors import ChargenError
 
-
 _ENCODE_CHUNK = 1 << 22  # characters encoded at a time
 
 

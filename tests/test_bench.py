@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_in_bench(code: str) -> dict:
     """Run `code` (which prints one JSON object) with the bench package importable; return the object."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -149,8 +149,10 @@ def _fail_progress_write(monkeypatch, model, error):
     monkeypatch.setattr(Path, "write_text", partial_write_text)
 
 
-@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
-@pytest.mark.parametrize("failure", [_fail_model_save, _fail_optimizer_save, _fail_progress_write], ids=["model", "optimizer", "progress"])
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full",
+                                                                                                      "ctrl-c"])
+@pytest.mark.parametrize("failure", [_fail_model_save, _fail_optimizer_save, _fail_progress_write],
+                         ids=["model", "optimizer", "progress"])
 def test_a_failed_save_leaves_the_previous_snapshot(saved, monkeypatch, failure, error):
     run, model, optimizer, saved_weights = saved
     pointers_before = (run.path / "pointers.json").read_bytes()
@@ -221,7 +223,8 @@ def test_snapshot_contents_reach_the_disk_before_they_are_published(run, monkeyp
     monkeypatch.setattr(checkpoints.os, "fsync", recording_fsync)
     monkeypatch.setattr(checkpoints.os, "replace", recording_replace)
     model = tiny_model()
-    published = run.save_snapshot(model, tiny_optimizer(model), progress(3, 2.0), states=[[np.zeros((1, 4), np.float32)]])
+    published = run.save_snapshot(model, tiny_optimizer(model), progress(3, 2.0), states=[[np.zeros((1, 4),
+                                                                                                    np.float32)]])
     monkeypatch.undo()
 
     renames = [index for index, event in enumerate(events) if event[0] == "rename"]

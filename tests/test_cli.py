@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,8 @@ from helpers import TINY, assert_user_error, run_cli, write_corpus
 
 # --help and `samplers` answer without TensorFlow ---------------------------------------------------
 
-HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["corpus"], ["corpus", "synth"], ["corpus", "fetch"]]
+HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["corpus"], ["corpus", "synth"],
+                 ["corpus", "fetch"]]
 
 _NO_TENSORFLOW = """
 import sys
@@ -35,7 +35,8 @@ assert not loaded, f"{args} imported {loaded[:5]}"
 
 
 def _run_without_tensorflow(*args: str) -> str:
-    completed = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, *args], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, *args], capture_output=True, text=True,
+                               timeout=120)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
 
@@ -118,7 +119,8 @@ def test_undecodable_bytes_name_the_offset_and_suggest_encoding(tmp_path):
 def test_undecodable_bytes_train_with_the_right_encoding(tmp_path):
     bad = tmp_path / "latin.txt"
     bad.write_bytes(("café au lait " * 400).encode("latin-1"))
-    result = run_cli("train", bad, *TINY, "--encoding", "latin-1", "--checkpoint-dir", tmp_path / "ck", "--run-name", "l1")
+    result = run_cli("train", bad, *TINY, "--encoding", "latin-1", "--checkpoint-dir", tmp_path / "ck", "--run-name",
+                     "l1")
     assert result.exit_code == 0, result.output
     assert "é" in json.loads((tmp_path / "ck" / "l1" / "vocab.json").read_text(encoding="utf-8"))["chars"]
 
@@ -128,7 +130,8 @@ def test_corpus_shorter_than_a_window_names_the_minimum(tmp_path):
     short.write_text("abcdefghij" * 3, encoding="utf-8")  # 30 characters; seq_len 16 needs 2 * 17
     result = run_cli("train", short, *TINY, "--checkpoint-dir", tmp_path / "ck")
     assert_user_error(result, "30 characters", "34")
-    result = run_cli("train", short, *TINY, "--val-fraction", "0", "--seq-len", "40", "--checkpoint-dir", tmp_path / "ck")
+    result = run_cli("train", short, *TINY, "--val-fraction", "0", "--seq-len", "40", "--checkpoint-dir",
+                     tmp_path / "ck")
     assert_user_error(result, "41")
 
 
@@ -136,7 +139,8 @@ def test_bad_hyperparameter_is_one_line(tmp_path):
     corpus = write_corpus(tmp_path / "words.txt")
     result = run_cli("train", corpus, *TINY, "--dropout", "1.5", "--checkpoint-dir", tmp_path / "ck")
     assert_user_error(result, "dropout")
-    result = run_cli("train", corpus, *TINY, "--mode", "teacher-forcing", "--stateful", "--checkpoint-dir", tmp_path / "ck")
+    result = run_cli("train", corpus, *TINY, "--mode", "teacher-forcing", "--stateful", "--checkpoint-dir",
+                     tmp_path / "ck")
     assert_user_error(result, "stateful")
 
 
@@ -239,12 +243,14 @@ def test_resume_with_a_changed_architecture(run_copy):
 
 def test_resume_with_a_different_corpus(run_copy, tmp_path):
     other = write_corpus(tmp_path / "other.txt", seed=1)
-    result = run_cli("train", other, "--steps", "6", "--resume", "--run-name", "tiny", "--checkpoint-dir", run_copy["checkpoint_dir"])
+    result = run_cli("train", other, "--steps", "6", "--resume", "--run-name", "tiny", "--checkpoint-dir",
+                     run_copy["checkpoint_dir"])
     assert_user_error(result, "differs", "same files")
 
 
 def test_new_run_over_an_existing_one_is_refused(run_copy):
-    result = run_cli("train", run_copy["corpus"], *TINY, "--run-name", "tiny", "--checkpoint-dir", run_copy["checkpoint_dir"])
+    result = run_cli("train", run_copy["corpus"], *TINY, "--run-name", "tiny", "--checkpoint-dir",
+                     run_copy["checkpoint_dir"])
     assert_user_error(result, "already exists", "--resume")
 
 
@@ -276,7 +282,8 @@ def test_corrupted_optimizer_state_on_resume(run_copy):
     assert_user_error(result, "optimiser", "optimizer.npz")
 
 
-@pytest.mark.parametrize("content", ["{not json", "", "[1, 2]", '{"format_version": 1}', '{"format_version": 1, "training": 3}'],
+@pytest.mark.parametrize("content", ["{not json", "", "[1, 2]", '{"format_version": 1}',
+                                     '{"format_version": 1, "training": 3}'],
                          ids=["syntax", "empty", "list", "no-training", "training-not-object"])
 @pytest.mark.parametrize("command", ["sample", "info", "eval"])
 def test_damaged_config(run_copy, content, command):
@@ -321,11 +328,13 @@ def test_debug_lets_the_exception_through(tmp_path):
 
 def test_debug_prints_a_traceback_in_a_real_process(tmp_path):
     missing = str(tmp_path / "nowhere.txt")
-    plain = subprocess.run([sys.executable, "-m", "chargen", "train", missing], capture_output=True, text=True, timeout=120)
+    plain = subprocess.run([sys.executable, "-m", "chargen", "train", missing], capture_output=True, text=True,
+                           timeout=120)
     assert plain.returncode != 0
     assert "Traceback" not in plain.stderr
     assert len(plain.stderr.strip().splitlines()) == 1
-    debug = subprocess.run([sys.executable, "-m", "chargen", "--debug", "train", missing], capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([sys.executable, "-m", "chargen", "--debug", "train", missing], capture_output=True,
+                           text=True, timeout=120)
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
     assert "ChargenError" in debug.stderr and "nowhere.txt" in debug.stderr
@@ -354,7 +363,8 @@ def test_corpus_synth_markov(tmp_path):
     assert len(set(text)) <= 5
     assert 0 < _floor(result.output) < 2.33  # below log2(5)
     again = tmp_path / "again.txt"
-    run_cli("corpus", "synth", "markov", "--output", again, "--length", "3000", "--seed", "3", "--order", "2", "--alphabet-size", "5")
+    run_cli("corpus", "synth", "markov", "--output", again, "--length", "3000", "--seed", "3", "--order", "2",
+            "--alphabet-size", "5")
     assert again.read_text(encoding="utf-8") == text  # seeded
 
 
@@ -409,7 +419,8 @@ def test_interrupt_exits_130_with_a_resume_command_that_works(tmp_path, monkeypa
         return real_fit(trainer)
 
     monkeypatch.setattr(chargen.cli, "_fit_until_interrupted", interrupted_fit)
-    result = run_cli("train", corpus, *TINY, "--encoding", "latin-1", "--checkpoint-dir", folder / "ck", "--run-name", "int")
+    result = run_cli("train", corpus, *TINY, "--encoding", "latin-1", "--checkpoint-dir", folder / "ck", "--run-name",
+                     "int")
     assert result.exit_code == 130, result.output
     assert "Traceback" not in result.output
     hint = next(line for line in result.stderr.splitlines() if "continue with:" in line)

@@ -139,7 +139,8 @@ def test_sample_with_other_strategies(trained):
 def test_sample_with_no_run_uses_the_newest(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)  # keeps the older times
-    result = run_cli("train", trained["corpus"], *TINY, "--seed", "5", "--checkpoint-dir", checkpoint_dir, "--run-name", "newer")
+    result = run_cli("train", trained["corpus"], *TINY, "--seed", "5", "--checkpoint-dir", checkpoint_dir,
+                     "--run-name", "newer")
     assert result.exit_code == 0, result.output
     implicit = run_cli("sample", "--checkpoint-dir", checkpoint_dir, "--seed", "4", "--length", "40", "--prime", PRIME)
     assert implicit.exit_code == 0, implicit.output
@@ -150,7 +151,8 @@ def test_sample_with_no_run_uses_the_newest(trained, tmp_path):
 
 
 def test_sample_names_the_run_by_name_inside_the_checkpoint_dir(trained):
-    by_name = run_cli("sample", "tiny", "--checkpoint-dir", trained["checkpoint_dir"], "--seed", "7", "--length", "40", "--prime", PRIME)
+    by_name = run_cli("sample", "tiny", "--checkpoint-dir", trained["checkpoint_dir"], "--seed", "7", "--length",
+                      "40", "--prime", PRIME)
     assert by_name.exit_code == 0, by_name.output
     assert by_name.stdout[:-1] == sample_text(trained["run"], 7, 40)
 
@@ -274,7 +276,8 @@ def test_epochs_and_time_limit_stop_training(trained, tmp_path):
     assert result.exit_code == 0, result.output
     progress = json.loads((last_snapshot(checkpoint_dir / "timed") / "progress.json").read_text())
     assert 1 <= progress["step"] < 1_000_000
-    assert [record["step"] for record in metrics(checkpoint_dir / "timed")] == [progress["step"]]  # evaluated at the end
+    # evaluated at the end
+    assert [record["step"] for record in metrics(checkpoint_dir / "timed")] == [progress["step"]]
 
 
 # resume ------------------------------------------------------------------------------------------
@@ -301,7 +304,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
     resumed = run_cli("train", corpus, "--steps", "8", "--resume", "--quiet", "--checkpoint-dir", split_dir)
     assert resumed.exit_code == 0, resumed.output
     assert "from step 4" in resumed.stderr
-    whole = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir, "--run-name", "run")
+    whole = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir,
+                    "--run-name", "run")
     assert whole.exit_code == 0, whole.output
 
     split_run, whole_run = split_dir / "run", whole_dir / "run"
@@ -333,7 +337,8 @@ def test_plain_resume_finishes_the_saved_limit_with_the_saved_interval(trained, 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["training"]["steps"] = 6  # as if the run, meant for 6 steps, had been stopped at step 4
     config_path.write_text(json.dumps(config), encoding="utf-8")
-    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir, "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir,
+                     "--quiet")
     assert result.exit_code == 0, result.output
     assert "step 6:" in result.stdout
     assert [record["step"] for record in metrics(checkpoint_dir / "tiny")] == [2, 4, 6]  # --eval-every 2 kept
@@ -343,7 +348,8 @@ def test_resuming_a_finished_run_changes_nothing(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
     before = last_snapshot(checkpoint_dir / "tiny")
-    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir, "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir,
+                     "--quiet")
     assert result.exit_code == 0, result.output
     assert "already reached step 4" in result.stderr and "--steps" in result.stderr
     assert last_snapshot(checkpoint_dir / "tiny") == before

@@ -34,7 +34,7 @@ def test_one_file_is_read_as_is(tmp_path):
     corpus = read_corpus(file)
     assert corpus.text == "naïve café\nline two\n"
     assert corpus.sources == ((str(file), 20),)
-    assert corpus.num_bytes == len("naïve café\nline two\n".encode("utf-8")) == 22
+    assert corpus.num_bytes == len("naïve café\nline two\n".encode()) == 22
     assert corpus.sha256 == hashlib.sha256(file.read_bytes()).hexdigest()
 
 
@@ -209,7 +209,7 @@ def test_stateful_rows_continue_where_they_stopped_and_an_epoch_predicts_each_ch
     windows_per_stream = steps_per_epoch(len(ids), seq_len, batch_size)  # 24
     batches = [training_batch(ids, seq_len, batch_size, 0, step, stateful=True)
                for step in range(windows_per_stream + 1)]
-    for (inputs, targets), (next_inputs, _) in zip(batches[:-2], batches[1:-1]):
+    for (_, targets), (next_inputs, _) in zip(batches[:-2], batches[1:-1]):
         np.testing.assert_array_equal(next_inputs[:, 0], targets[:, -1])
     epoch_targets = np.concatenate([targets for _, targets in batches[:-1]], axis=1).ravel()
     np.testing.assert_array_equal(epoch_targets, np.arange(1, batch_size * windows_per_stream * seq_len + 1))

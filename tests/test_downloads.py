@@ -133,7 +133,8 @@ def test_an_existing_different_file_is_never_overwritten(sample_corpus, tmp_path
 
 
 def test_unknown_name_lists_the_known_ones(tmp_path):
-    assert_user_error(run_cli("corpus", "fetch", "war-and-peace", "--output", tmp_path), "war-and-peace", "tinyshakespeare")
+    assert_user_error(run_cli("corpus", "fetch", "war-and-peace", "--output", tmp_path), "war-and-peace",
+                      "tinyshakespeare")
 
 
 def test_no_name_lists_the_known_corpora_with_their_addresses():

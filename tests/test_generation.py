@@ -251,7 +251,8 @@ class RecordingStepper:
 
 def test_num_samples_are_generated_as_one_batch(stepper):
     recorder = RecordingStepper(stepper)
-    texts = generate(recorder, VOCAB, strategy("random"), GenerationRequest(prime="abc", length=40, num_samples=5, seed=9))
+    texts = generate(recorder, VOCAB, strategy("random"), GenerationRequest(prime="abc", length=40, num_samples=5,
+                                                                            seed=9))
     assert len(texts) == 5
     assert len(set(texts)) == 5  # random rows differ
     assert recorder.batches == [5] * (2 + 40)  # prime minus its last character, then one step per character

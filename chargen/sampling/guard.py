@@ -144,7 +144,7 @@ class GuardedStrategy:
         try:
             result = self.strategy.generate(checked_step, state, read_only_view(prime_ids), length, context)
         except _PassThrough as passing:
-            raise passing.error
+            raise passing.error  # noqa: B904 (the host's own error, passed through unchanged)
         except Exception as error:
             raise self._failure(error) from error
         return check_sequence_output(result, prime_ids.shape[0], length, vocab_size, self.label)
