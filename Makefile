@@ -19,11 +19,14 @@ demo: $(STAMP)
 		--learning-rate 0.005 --time-limit $(DEMO_SECONDS) --eval-every 150 --preview-length 60
 	$(BIN)/chargen sample --length 300 --temperature 0.7 --seed 1
 
+# Lint first (CI enforces it), then the suite in two worker processes (pytest-xdist), one per core.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -36,7 +36,8 @@ def sizes(quick: bool) -> dict:
     return {**base, "steps": 60 if quick else 1000, "evaluations": 2 if quick else 4}
 
 
-def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
+def run(quick: bool, corpus_path: Path = CORPUS, log=print, size: dict | None = None) -> dict:
+    """Train and score both modes; `size` replaces `sizes(quick)` (the tests use a tiny one)."""
     if not corpus_path.is_file():
         return {"skipped": f"{corpus_path} not found"}
     from chargen.config import TrainingConfig
@@ -44,7 +45,7 @@ def run(quick: bool, corpus_path: Path = CORPUS, log=print) -> dict:
     from chargen.training import Trainer, build_model
     from chargen.vocab import Vocabulary
 
-    size = sizes(quick)
+    size = size or sizes(quick)
     corpus = read_corpus(corpus_path)
     vocab = Vocabulary.from_text(corpus.text)
     ids = vocab.encode(corpus.text)

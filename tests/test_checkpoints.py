@@ -459,7 +459,7 @@ def test_a_killed_training_leaves_a_run_that_samples_and_resumes(tmp_path):
     assert len(sampled.stdout) == 21
     info = run_cli("info", run, "--json")
     assert info.exit_code == 0, info.output
-    resumed = run_cli("train", corpus, "--resume", "--run-name", run.name, "--checkpoint-dir", run.parent,
+    resumed = run_cli("train", corpus, "--resume", "--no-xla", "--run-name", run.name, "--checkpoint-dir", run.parent,
                       "--steps", reached + 2, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert f"from step {reached}" in resumed.stderr
@@ -489,7 +489,7 @@ def test_ctrl_c_saves_exits_130_and_tells_how_to_resume(tmp_path):
     hint = next(line for line in stderr.splitlines() if "--resume" in line)
     command = shlex.split(hint.split("continue with:", 1)[1])
     assert command[:2] == ["chargen", "train"]
-    resumed = run_cli(*command[1:], "--steps", reached + 1, "--quiet")
+    resumed = run_cli(*command[1:], "--no-xla", "--steps", reached + 1, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert _last_progress(run)["step"] == reached + 1
 

@@ -244,7 +244,7 @@ def test_gru_reset_after_trains_samples_resumes_and_is_counted_by_info(trained, 
     assert "layer1.b'_h" in {w["name"] for w in details["weights"]}
     assert "gru (reset after)" in run_cli("info", run).stdout
     assert len(sample_text(run, 3, 20)) == len(PRIME) + 20
-    resumed = run_cli("train", trained["corpus"], "--steps", "6", "--resume", "--run-name", "gru",
+    resumed = run_cli("train", trained["corpus"], "--steps", "6", "--resume", "--no-xla", "--run-name", "gru",
                       "--checkpoint-dir", checkpoint_dir, "--quiet", "--no-xla")
     assert resumed.exit_code == 0, resumed.output
     assert all(layer.cell.reset_after for layer in Run.open(run).load_model("last").recurrent_layers)
@@ -301,7 +301,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
     first = run_cli("train", corpus, *TINY, flag, "--seed", "3", "--checkpoint-dir", split_dir, "--run-name", "run")
     assert first.exit_code == 0, first.output
     # no --run-name: the newest (only) run in the folder is resumed
-    resumed = run_cli("train", corpus, "--steps", "8", "--resume", "--quiet", "--checkpoint-dir", split_dir)
+    resumed = run_cli("train", corpus, "--steps", "8", "--resume", "--no-xla", "--quiet", "--checkpoint-dir", split_dir)
     assert resumed.exit_code == 0, resumed.output
     assert "from step 4" in resumed.stderr
     whole = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir,
@@ -337,8 +337,8 @@ def test_plain_resume_finishes_the_saved_limit_with_the_saved_interval(trained, 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["training"]["steps"] = 6  # as if the run, meant for 6 steps, had been stopped at step 4
     config_path.write_text(json.dumps(config), encoding="utf-8")
-    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir,
-                     "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--no-xla", "--run-name", "tiny", "--checkpoint-dir",
+                     checkpoint_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert "step 6:" in result.stdout
     assert [record["step"] for record in metrics(checkpoint_dir / "tiny")] == [2, 4, 6]  # --eval-every 2 kept
@@ -348,8 +348,8 @@ def test_resuming_a_finished_run_changes_nothing(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
     before = last_snapshot(checkpoint_dir / "tiny")
-    result = run_cli("train", trained["corpus"], "--resume", "--run-name", "tiny", "--checkpoint-dir", checkpoint_dir,
-                     "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--no-xla", "--run-name", "tiny", "--checkpoint-dir",
+                     checkpoint_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert "already reached step 4" in result.stderr and "--steps" in result.stderr
     assert last_snapshot(checkpoint_dir / "tiny") == before
