@@ -40,7 +40,11 @@ def run_cell(cell, inputs, initial_state, return_all_states: bool = False):
 
     def body(t, state, collected):
         output, new_state = cell(inputs_by_step.read(t), list(state))
-        fused_kernels.keep_shapes(new_state, state)
+        for new, old in zip(new_state, state):
+            # A state of known batch size can meet inputs of unknown batch size (a layer above the first
+            # reads the stacked outputs of the one below): tf.while_loop refuses a state whose static
+            # shape gets less specific, though at run time the sizes agree.
+            new.set_shape(old.shape)
         values = (output, *new_state)[:num_collected]
         return t + 1, tuple(new_state), tuple(ta.write(t, v) for ta, v in zip(collected, values))
 
