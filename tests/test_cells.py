@@ -4,6 +4,9 @@
 2. Against central finite differences in float64: gradients w.r.t. inputs, initial state and weights.
 3. Against a two-step case worked out by hand on Python floats (no keras.ops involved).
 4. Configuration: `from_config(get_config())` rebuilds the same cell, and the initial biases.
+
+1 to 3 run each cell over both paths of the loop: the reference (the cell's `call`, differentiated
+automatically) and the fused kernels with their hand-written gradients.
 """
 
 from __future__ import annotations
@@ -15,34 +18,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from cell_cases import CASES, PATHS, random_states, randomize
 
 from chargen.cells import GRUCell, LSTMCell, SimpleRNNCell, make_cell
 from chargen.recurrent import Recurrent
-from gradcheck import central_difference, relative_error
 
-# (kind for make_cell, extra constructor arguments); GRU is checked in both of its forms.
-CASES = [
-    pytest.param("rnn", {}, id="rnn"),
-    pytest.param("gru", {"reset_after": False}, id="gru"),
-    pytest.param("gru", {"reset_after": True}, id="gru-reset_after"),
-    pytest.param("lstm", {}, id="lstm"),
-]
+from gradcheck import central_difference, relative_error
 
 KERAS_CELLS = {
     SimpleRNNCell: keras.layers.SimpleRNNCell,
     GRUCell: keras.layers.GRUCell,
     LSTMCell: keras.layers.LSTMCell,
 }
-
-
-def randomize(layer, rng, scale=0.5):
-    """Give every weight of `layer` random, non-trivial values (biases included)."""
-    for weight in layer.weights:
-        weight.assign(rng.normal(0.0, scale, size=tuple(weight.shape)).astype(weight.dtype))
-
-
-def random_states(cell, rng, batch, dtype="float32", scale=0.5):
-    return [tf.constant(rng.normal(0.0, scale, size=(batch, size)).astype(dtype)) for size in cell.state_size]
 
 
 def keras_twin(cell, input_dim):
@@ -68,12 +55,13 @@ def keras_twin(cell, input_dim):
 # --- 1. Agreement with Keras's built-in cells -------------------------------------------------------
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("kind, kwargs", CASES)
-def test_matches_keras_builtin_cell(kind, kwargs):
+def test_matches_keras_builtin_cell(kind, kwargs, fused):
     rng = np.random.default_rng(0)
     batch, steps, input_dim, units = 3, 20, 4, 5
     cell = make_cell(kind, units, **kwargs)
-    layer = Recurrent(cell)
+    layer = Recurrent(cell, fused=fused)
     layer.build((batch, steps, input_dim))
     randomize(cell, rng)
     keras_rnn, twin = keras_twin(cell, input_dim)
@@ -107,9 +95,8 @@ def test_matches_keras_builtin_cell(kind, kwargs):
     # Gradients w.r.t. every weight, mapped onto Keras's names.
     our_weights = {w.name: w for w in cell.trainable_weights}
     our_grads = dict(zip(our_weights, tape.gradient(ours_loss, list(our_weights.values()))))
-    keras_grads = dict(
-        zip(["kernel", "recurrent_kernel", "bias"], tape.gradient(theirs_loss, [twin.kernel, twin.recurrent_kernel, twin.bias]))
-    )
+    their_weights = {"kernel": twin.kernel, "recurrent_kernel": twin.recurrent_kernel, "bias": twin.bias}
+    keras_grads = dict(zip(their_weights, tape.gradient(theirs_loss, list(their_weights.values()))))
     expected = {
         "input_kernel": keras_grads["kernel"],
         "recurrent_kernel": keras_grads["recurrent_kernel"],
@@ -128,12 +115,13 @@ def test_matches_keras_builtin_cell(kind, kwargs):
 # --- 2. Finite differences ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("kind, kwargs", CASES)
-def test_gradients_match_central_differences(kind, kwargs):
+def test_gradients_match_central_differences(kind, kwargs, fused):
     rng = np.random.default_rng(1)
     batch, steps, input_dim, units = 2, 3, 2, 3
     cell = make_cell(kind, units, dtype="float64", **kwargs)
-    layer = Recurrent(cell, dtype="float64")
+    layer = Recurrent(cell, fused=fused, dtype="float64")
     layer.build((batch, steps, input_dim))
     randomize(cell, rng, scale=0.7)
 
@@ -151,8 +139,9 @@ def test_gradients_match_central_differences(kind, kwargs):
         value = loss()
     assert value.dtype == tf.float64
     analytic = tape.gradient(value, variables)
+    traced_loss = tf.function(loss)  # the same loss, traced once: the differences call it hundreds of times
     for variable, grad in zip(variables, analytic):
-        numeric = central_difference(loss, variable)
+        numeric = central_difference(traced_loss, variable)
         assert np.linalg.norm(numeric) > 1e-3, variable.name
         assert relative_error(grad, numeric) < 1e-6, variable.name
 
@@ -179,9 +168,9 @@ def fuse(*blocks):
     return sum(blocks, [])
 
 
-def layer_for(cell, xs, initial):
+def layer_for(cell, xs, initial, fused):
     """A float64 `Recurrent` around `cell`, with the batch-of-one input and initial state as tensors."""
-    layer = Recurrent(cell, dtype="float64")
+    layer = Recurrent(cell, fused=fused, dtype="float64")
     x = tf.constant([xs], dtype=tf.float64)  # (1, time, input_dim)
     layer.build(x.shape)
     return layer, x, [tf.constant([s], dtype=tf.float64) for s in initial]
@@ -200,14 +189,15 @@ def check(layer, x, initial, expected_outputs, expected_states):
         np.testing.assert_allclose(got.numpy()[0], want, rtol=1e-12, atol=1e-14)
 
 
-def test_simple_rnn_by_hand():
+@pytest.mark.parametrize("fused", PATHS)
+def test_simple_rnn_by_hand(fused):
     w = [[0.5, -0.4]]  # W_xh, (input 1, units 2)
     u = [[0.3, -0.2], [0.1, 0.6]]  # W_hh
     b = [0.1, -0.05]
     xs = [[1.0], [-0.5]]
     h = [0.2, -0.1]
     cell = SimpleRNNCell(2, dtype="float64")
-    layer, x, initial = layer_for(cell, xs, [h])
+    layer, x, initial = layer_for(cell, xs, [h], fused)
     assign(cell, input_kernel=w, recurrent_kernel=u, bias=b)
 
     outputs = []
@@ -225,13 +215,14 @@ GRU_WEIGHTS = dict(
 )
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("reset_after", [False, True], ids=["gru", "gru-reset_after"])
-def test_gru_by_hand(reset_after):
+def test_gru_by_hand(reset_after, fused):
     g = GRU_WEIGHTS
     xs = [[1.0, -0.5], [0.25, 2.0]]
     h = [0.3, -0.6]
     cell = GRUCell(2, reset_after=reset_after, dtype="float64")
-    layer, x, initial = layer_for(cell, xs, [h])
+    layer, x, initial = layer_for(cell, xs, [h], fused)
     assign(
         cell,
         input_kernel=fuse(g["w_z"], g["w_r"], g["w_h"]),
@@ -260,14 +251,21 @@ def test_gru_by_hand(reset_after):
     check(layer, x, initial, outputs, [h])
 
 
-def test_lstm_by_hand():
-    w = dict(i=[[0.3, -0.2], [0.1, 0.4]], f=[[-0.25, 0.5], [0.2, -0.1]], g=[[0.6, 0.05], [-0.35, 0.2]], o=[[0.15, -0.45], [0.3, 0.25]])
-    u = dict(i=[[0.2, 0.1], [-0.3, 0.4]], f=[[0.05, -0.2], [0.25, 0.1]], g=[[-0.4, 0.3], [0.2, 0.5]], o=[[0.1, 0.35], [-0.15, -0.2]])
+@pytest.mark.parametrize("fused", PATHS)
+def test_lstm_by_hand(fused):
+    w = dict(  # W_x*, per gate
+        i=[[0.3, -0.2], [0.1, 0.4]], f=[[-0.25, 0.5], [0.2, -0.1]],
+        g=[[0.6, 0.05], [-0.35, 0.2]], o=[[0.15, -0.45], [0.3, 0.25]],
+    )
+    u = dict(  # W_h*
+        i=[[0.2, 0.1], [-0.3, 0.4]], f=[[0.05, -0.2], [0.25, 0.1]],
+        g=[[-0.4, 0.3], [0.2, 0.5]], o=[[0.1, 0.35], [-0.15, -0.2]],
+    )
     b = dict(i=[0.1, -0.1], f=[1.0, 0.8], g=[0.0, 0.2], o=[-0.05, 0.15])
     xs = [[0.5, -1.0], [1.5, 0.25]]
     h, c = [-0.2, 0.4], [0.5, -0.3]
     cell = LSTMCell(2, dtype="float64")
-    layer, x, initial = layer_for(cell, xs, [h, c])
+    layer, x, initial = layer_for(cell, xs, [h, c], fused)
     order = "ifgo"
     assign(
         cell,

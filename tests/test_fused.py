@@ -3,25 +3,21 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from cell_cases import CASES, PATHS
 
 from chargen import fused
-from chargen.cells import GRUCell, LSTMCell, SimpleRNNCell
+from chargen.cells import make_cell
 from chargen.model import CharModel
 from chargen.recurrent import Recurrent
 
-CELLS = {
-    "rnn": lambda: SimpleRNNCell(5, dtype="float64"),
-    "gru": lambda: GRUCell(5, dtype="float64"),
-    "gru-reset-after": lambda: GRUCell(5, reset_after=True, dtype="float64"),
-    "lstm": lambda: LSTMCell(5, dtype="float64"),
-}
+MODES = [pytest.param(True, id="bptt"), pytest.param(False, id="teacher-forcing")]
 
 
-@pytest.mark.parametrize("through_time", [True, False], ids=["bptt", "teacher-forcing"])
-@pytest.mark.parametrize("kind", CELLS)
-def test_fused_kernel_equals_the_generic_path(kind, through_time):
+@pytest.mark.parametrize("through_time", MODES)
+@pytest.mark.parametrize("kind, kwargs", CASES)
+def test_fused_kernel_equals_the_generic_path(kind, kwargs, through_time):
     rng = np.random.default_rng(7)
-    cell = CELLS[kind]()
+    cell = make_cell(kind, 5, dtype="float64", **kwargs)
     layer = Recurrent(cell, fused=False, dtype="float64")
     inputs = tf.constant(rng.normal(size=(3, 9, 4)))
     layer(inputs)
@@ -53,26 +49,42 @@ def test_fused_kernel_equals_the_generic_path(kind, through_time):
         np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("through_time", [True, False], ids=["bptt", "teacher-forcing"])
+@pytest.mark.parametrize("through_time", MODES)
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell, through_time):
+def test_the_model_uses_the_fused_kernel_and_gets_the_reference_gradient(cell, through_time, monkeypatch):
+    called_with = []  # the cell of every call to fused.run
+
+    def counted_run(cell, *args):
+        called_with.append(cell)
+        return run(cell, *args)
+
+    run = fused.run
+    monkeypatch.setattr(fused, "run", counted_run)
+    ids = tf.constant(np.random.default_rng(1).integers(0, 11, size=(2, 8)))
     model = CharModel(11, cell=cell, num_layers=2, units=6, embedding_dim=3)
     model.build()
-    ids = tf.constant(np.random.default_rng(1).integers(0, 11, size=(2, 8)))
+    generic = CharModel(11, cell=cell, num_layers=2, units=6, embedding_dim=3)
+    generic.build()
+    generic.set_weights(model.get_weights())
+    for layer in generic.recurrent_layers:
+        layer.fused = False
 
-    def gradients(fused_flag):
-        for layer in model.recurrent_layers:
-            layer.fused = fused_flag
+    def gradients(model):
         with tf.GradientTape() as tape:
             logits, _ = model(ids, through_time=through_time)
-            loss = tf.reduce_mean(logits ** 2)
+            loss = tf.reduce_mean(logits**2)
         return tape.gradient(loss, model.trainable_variables)
 
-    for fast, reference in zip(gradients(True), gradients(False)):
-        np.testing.assert_allclose(tf.convert_to_tensor(fast), tf.convert_to_tensor(reference), rtol=1e-4, atol=1e-6)
+    fast = gradients(model)
+    assert called_with == [layer.cell for layer in model.recurrent_layers]  # each layer once, by default
+    reference = gradients(generic)
+    assert len(called_with) == 2  # the generic path never calls it
+    assert len(fast) == len(reference) == len(model.trainable_variables)
+    for mine, theirs in zip(fast, reference):
+        np.testing.assert_allclose(tf.convert_to_tensor(mine), tf.convert_to_tensor(theirs), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("fused_flag", [True, False], ids=["fused", "generic"])
+@pytest.mark.parametrize("fused_flag", PATHS)
 def test_a_traced_model_with_a_fixed_batch_of_one_runs(fused_flag):
     # The second layer's inputs come out of the first layer's loop with an unknown batch size,
     # while the states given to it have a known one: the loop must accept both.
