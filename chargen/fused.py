@@ -367,6 +367,7 @@ _CELL_WEIGHTS = {"W_x": "input_kernel", "W_h": "recurrent_kernel", "b": "bias", 
 
 
 def _unit_type(cell):
+    """The unit for `cell`'s equations: each of the GRU's two forms has its own."""
     if type(cell) is GRUCell and cell.reset_after:
         return _GRUResetAfter
     return _UNITS[type(cell)]
