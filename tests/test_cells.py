@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from cell_cases import CASES, PATHS, random_states, randomize
 
 from chargen.cells import GRUCell, LSTMCell, SimpleRNNCell, make_cell
 from chargen.recurrent import Recurrent
 
+from cell_cases import CASES, PATHS, random_states, randomize
 from gradcheck import central_difference, relative_error
 
 KERAS_CELLS = {

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from cell_cases import CASES, PATHS
 
 from chargen import fused
 from chargen.cells import make_cell
 from chargen.model import CharModel
 from chargen.recurrent import Recurrent
+
+from cell_cases import CASES, PATHS
 
 MODES = [pytest.param(True, id="bptt"), pytest.param(False, id="teacher-forcing")]
 

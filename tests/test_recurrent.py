@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from cell_cases import CASES, random_states, randomize
 
 from chargen.cells import make_cell
 from chargen.recurrent import Recurrent
 
+from cell_cases import CASES, random_states, randomize
 from gradcheck import central_difference, relative_error
 
 

@@ -20,7 +20,7 @@ def trained_run(tmp_path_factory):
     corpus.write_text(TEXT, encoding="utf-8")
     result = CliRunner().invoke(cli, [
         "train", str(corpus), "--layers", "1", "--units", "32", "--embedding-dim", "8", "--seq-len", "32",
-        "--batch-size", "16", "--steps", "150", "--eval-every", "0", "--learning-rate", "0.01", "--quiet",
+        "--batch-size", "16", "--steps", "150", "--eval-every", "0", "--learning-rate", "0.01", "--quiet", "--no-xla",
         "--checkpoint-dir", str(folder / "runs"), "--run-name", "tiny",
     ])
     assert result.exit_code == 0, result.output
