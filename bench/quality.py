@@ -36,8 +36,8 @@ def sizes(quick: bool) -> dict:
     return {**base, "steps": 60 if quick else 1000, "evaluations": 2 if quick else 4}
 
 
-def run(quick: bool, corpus_path: Path = CORPUS, log=print, size: dict | None = None) -> dict:
-    """Train and score both modes; `size` replaces `sizes(quick)` (the tests use a tiny one)."""
+def run(quick: bool, corpus_path: Path = CORPUS, log=print, size: dict | None = None, xla: bool = True) -> dict:
+    """Train and score both modes; `size` replaces `sizes(quick)` and `xla` turns compiling off (for the tests)."""
     if not corpus_path.is_file():
         return {"skipped": f"{corpus_path} not found"}
     from chargen.config import TrainingConfig
@@ -59,7 +59,7 @@ def run(quick: bool, corpus_path: Path = CORPUS, log=print, size: dict | None = 
         )
         model = build_model(config, len(vocab))
         curve = Curve()
-        trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab, callbacks=[curve])
+        trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab, callbacks=[curve], xla=xla)
         run_evaluation = trainer.run_evaluation
         evaluation_seconds = []
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
 from helpers import TINY, run_cli, write_corpus
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker process per core: the tests' models are tiny, and two workers each
+    # spreading TensorFlow's threads over both cores would only make them wait for each other.
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 
 @pytest.fixture(autouse=True)

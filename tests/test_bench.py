@@ -1,47 +1,44 @@
 """The benchmarks reach into chargen's trainer and generation engine, so a change there can break
-`make bench` without failing any other test. These run the bench's own functions at tiny sizes, in a
-child process from the repository root (where `bench` is importable), and check what they report.
+`make bench` without failing any other test. These run the bench's own functions at tiny sizes, with the
+repository root importable (where `bench` lives), and check what they report.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from chargen.generation import NumpyStepper
+from chargen.model import CharModel
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_in_bench(code: str) -> dict:
-    """Run `code` (which prints one JSON object) with the bench package importable; return the object."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def bench():
+    """The `bench` package, imported from the repository root."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import bench.generation_speed
+        import bench.quality
+
+        yield bench
+    finally:
+        sys.path.remove(str(ROOT))
 
 
-def test_product_ceiling_times_every_matrix_of_the_step():
+def test_product_ceiling_times_every_matrix_of_the_step(bench):
     """The ceiling must time exactly the products the stepper makes: if its internals change, the bench
     would otherwise quietly report the ceiling as unavailable."""
-    result = run_in_bench("""
-        import json
-        from bench.common import quiet_tensorflow
-        quiet_tensorflow()
-        from chargen.generation import NumpyStepper
-        from chargen.model import CharModel
-        from bench.generation_speed import measure_product_ceiling
-        figures = {}
-        for cell in ("rnn", "gru", "lstm"):
-            model = CharModel(11, cell=cell, num_layers=2, units=8, embedding_dim=4)
-            model.build()
-            figures[cell] = measure_product_ceiling(NumpyStepper(model), batch=3, steps=5, repeats=2)
-        print(json.dumps(figures))
-    """)
+    result = {}
+    for cell in ("rnn", "gru", "lstm"):
+        model = CharModel(11, cell=cell, num_layers=2, units=8, embedding_dim=4)
+        model.build()
+        result[cell] = bench.generation_speed.measure_product_ceiling(NumpyStepper(model), batch=3, steps=5,
+                                                                      repeats=2)
     gates = {"rnn": 1, "gru": 3, "lstm": 4}
     for cell, figure in result.items():
         assert "unavailable" not in figure, cell
@@ -54,19 +51,10 @@ def test_product_ceiling_times_every_matrix_of_the_step():
         assert figure["chars_per_second"] > 0
 
 
-@pytest.mark.slow
-def test_quality_section_trains_both_modes_and_times_the_evaluations_apart():
+def test_quality_section_trains_both_modes_and_times_the_evaluations_apart(bench):
     corpus = ROOT / "corpora" / "markov-order2.txt"
-    result = run_in_bench(f"""
-        import json
-        from pathlib import Path
-        from bench.common import quiet_tensorflow
-        quiet_tensorflow()
-        from bench import quality
-        size = {{**quality.sizes(True), "layers": 1, "units": 16, "embedding": 8, "window": 20, "steps": 6}}
-        result = quality.run(True, corpus_path=Path({str(corpus)!r}), log=lambda *_: None, size=size)
-        print(json.dumps(result, default=float))
-    """)
+    size = {**bench.quality.sizes(True), "layers": 1, "units": 16, "embedding": 8, "window": 20, "steps": 6}
+    result = bench.quality.run(True, corpus_path=corpus, log=lambda *_: None, size=size, xla=False)
     assert [row["mode"] for row in result["rows"]] == ["bptt", "teacher-forcing"]
     for row in result["rows"]:
         assert math.isfinite(row["val_bpc"]) and row["val_bpc"] < result["uniform_bpc"]

@@ -22,49 +22,44 @@ HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["
                  ["corpus", "fetch"]]
 
 _NO_TENSORFLOW = """
-import sys
+import json, sys
 from click.testing import CliRunner
 from chargen.cli import cli
-args = sys.argv[1:]
-result = CliRunner().invoke(cli, args)
-assert result.exit_code == 0, (args, result.exit_code, result.output)
-print(result.output)
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
-assert not loaded, f"{args} imported {loaded[:5]}"
+outputs = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, (args, result.exit_code, result.output)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+    assert not loaded, f"{args} imported {loaded[:5]}"
+    outputs.append(result.output)
+print(json.dumps(outputs))
 """
 
 
-def _run_without_tensorflow(*args: str) -> str:
-    completed = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, *args], capture_output=True, text=True,
-                               timeout=120)
+def _run_without_tensorflow(*commands: list[str]) -> list[str]:
+    """Each command's output, run in turn in one fresh process that must never import TensorFlow or Keras."""
+    completed = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, json.dumps(commands)], capture_output=True,
+                               text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
-    return completed.stdout
+    return json.loads(completed.stdout)
 
 
-@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "chargen")
-def test_help_answers_without_importing_tensorflow(command):
-    output = _run_without_tensorflow(*command, "--help")
-    assert "Usage:" in output
-    assert "Options:" in output
-
-
-def test_help_lists_every_command():
-    output = _run_without_tensorflow("--help")
+def test_help_answers_without_importing_tensorflow():
+    outputs = _run_without_tensorflow(*[[*command, "--help"] for command in HELP_COMMANDS])
+    for command, output in zip(HELP_COMMANDS, outputs, strict=True):
+        assert "Usage:" in output and "Options:" in output, command
+    main, train = outputs[0], outputs[1]
     for command in ("train", "sample", "eval", "info", "samplers", "corpus"):
-        assert command in output
-
-
-def test_train_help_names_the_options_of_the_contract():
-    output = _run_without_tensorflow("train", "--help")
+        assert command in main
     for option in ("--cell", "--layers", "--units", "--embedding-dim", "--seq-len", "--batch-size", "--mode",
                    "--stateful", "--steps", "--epochs", "--time-limit", "--learning-rate", "--clip-norm",
                    "--dropout", "--val-fraction", "--eval-every", "--seed", "--run-name", "--checkpoint-dir",
-                   "--resume", "--encoding", "--device", "--xla"):
-        assert option in output, option
+                   "--resume", "--encoding", "--device", "--xla", "--reset-after"):
+        assert option in train, option
 
 
 def test_info_reads_a_run_without_importing_tensorflow(trained):
-    output = _run_without_tensorflow("info", str(trained["run"]))
+    [output] = _run_without_tensorflow(["info", str(trained["run"])])
     assert "lstm, 1 layer(s) of 16 units" in output
 
 
@@ -76,10 +71,10 @@ def test_reset_after_is_refused_for_cells_other_than_the_gru(tmp_path):
 
 
 def test_samplers_lists_the_builtins_without_importing_tensorflow():
-    output = _run_without_tensorflow("samplers")
+    output, listed = _run_without_tensorflow(["samplers"], ["samplers", "--json"])
     for name in ("greedy", "random", "top-k", "top-p", "min-p", "typical", "beam"):
         assert name in output
-    listing = json.loads(_run_without_tensorflow("samplers", "--json"))
+    listing = json.loads(listed)
     assert {"greedy", "top-k", "beam"} <= {record["name"] for record in listing}
 
 
@@ -228,7 +223,7 @@ def test_resuming_without_xla_continues_the_same_training(run_copy, tmp_path):
     outcomes = []
     for checkpoint_dir, xla in ((run_copy["checkpoint_dir"], "--xla"), (other_dir, "--no-xla")):
         result = run_cli("train", run_copy["corpus"], "--steps", "8", xla, "--resume", "--run-name", "tiny",
-                         "--checkpoint-dir", checkpoint_dir)
+                         "--checkpoint-dir", checkpoint_dir, "--quiet")
         assert result.exit_code == 0, result.output
         assert ("(no XLA)" in result.stderr) == (xla == "--no-xla")
         outcomes.append(re.search(r"step 8: validation ([0-9.]+)", result.stdout).group(1))

@@ -91,16 +91,21 @@ def test_stop_request_ends_training_and_is_reported():
 
 
 @pytest.mark.parametrize(("cell", "mode", "fused", "layers"), [
-    # every fused kernel in both modes; two layers where a layer reads the one below (compiling costs seconds)
-    *[(cell, mode, True, 1) for cell in ("rnn", "gru", "lstm") for mode in ("bptt", "teacher-forcing")],
+    # Every fused unit, each mode's backward pass on two cells, two layers where a layer reads the one
+    # below, and the generic path: each case compiles for seconds, so each one covers something new.
+    ("rnn", "teacher-forcing", True, 1),
+    ("gru", "bptt", True, 1),
+    ("gru-reset-after", "teacher-forcing", True, 1),
     ("lstm", "bptt", True, 2),
-    ("lstm", "bptt", False, 2), ("gru", "teacher-forcing", False, 1),  # the generic path compiles too
+    ("lstm", "teacher-forcing", True, 1),
+    ("lstm", "bptt", False, 1),
 ])
 def test_xla_compiled_training_equals_the_uncompiled_step(cell, mode, fused, layers):
     """XLA is on by default; it may only reorder float rounding, never change what a step computes."""
     text = "".join(np.random.default_rng(2).choice(list("abcdefgh \n"), 3000))
-    config = TrainingConfig(cell=cell, num_layers=layers, units=12, embedding_dim=6, seq_len=20, batch_size=8,
-                            mode=mode, steps=4, eval_every=0, seed=3)
+    config = TrainingConfig(cell=cell.removesuffix("-reset-after"), reset_after=cell.endswith("-reset-after"),
+                            num_layers=layers, units=12, embedding_dim=6, seq_len=20, batch_size=8,
+                            mode=mode, steps=4, eval_every=0, seed=3, val_fraction=0.0)  # evaluation never compiles
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
     results = []
@@ -119,15 +124,14 @@ def test_xla_compiled_training_equals_the_uncompiled_step(cell, mode, fused, lay
             layer.fused = fused
         trainer = Trainer(model, config, train_ids, val_ids, callbacks=[losses], xla=xla)
         initial = [np.asarray(w) for w in trainer.model.weights]
-        progress = trainer.fit()
-        results.append((losses.values, [np.asarray(w) for w in trainer.model.weights], progress.last_val_bpc))
-    (xla_losses, xla_weights, xla_bpc), (plain_losses, plain_weights, plain_bpc) = results
+        trainer.fit()
+        results.append((losses.values, [np.asarray(w) for w in trainer.model.weights]))
+    (xla_losses, xla_weights), (plain_losses, plain_weights) = results
     assert len(xla_losses) == 4
     np.testing.assert_allclose(xla_losses, plain_losses, rtol=1e-5)
     for compiled, plain, start in zip(xla_weights, plain_weights, initial, strict=True):
         assert np.abs(plain - start).max() > 1e-3  # every weight moved: the steps did train
         np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-5)
-    assert xla_bpc == pytest.approx(plain_bpc, rel=1e-5)
 
 
 def test_stateful_training_feeds_each_window_the_state_the_previous_window_ended_with():
