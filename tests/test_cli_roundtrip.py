@@ -234,14 +234,14 @@ def test_info_counts_the_parameters_and_shapes_of_the_real_model(trained):
 
 def test_gru_reset_after_trains_samples_resumes_and_is_counted_by_info(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
-    result = run_cli("train", trained["corpus"], *TINY, "--layers", "2", "--cell", "gru", "--reset-after",
+    result = run_cli("train", trained["corpus"], *TINY, "--cell", "gru", "--reset-after",
                      "--checkpoint-dir", checkpoint_dir, "--run-name", "gru")
     assert result.exit_code == 0, result.output
     run = checkpoint_dir / "gru"
     assert json.loads((run / "config.json").read_text(encoding="utf-8"))["training"]["reset_after"] is True
     details = assert_info_matches_the_saved_model(run)
     assert details["reset_after"] is True and details["cell"] == "gru"
-    assert "layer1.b'_h" in {w["name"] for w in details["weights"]}
+    assert "layer0.b'_h" in {w["name"] for w in details["weights"]}
     assert "gru (reset after)" in run_cli("info", run).stdout
     assert len(sample_text(run, 3, 20)) == len(PRIME) + 20
     resumed = run_cli("train", trained["corpus"], "--steps", "6", "--resume", "--no-xla", "--run-name", "gru",
