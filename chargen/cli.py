@@ -105,7 +105,7 @@ def _click_option(option: config.OptionSpec):
         kind = {} if option.negatable else {"is_flag": True}
     elif option.choices:
         kind = {"type": click.Choice(option.choices)}
-    elif option.name == "checkpoint_dir":
+    elif option.type is Path:
         kind = {"type": click.Path(file_okay=False)}
     else:
         kind = {"type": option.type}

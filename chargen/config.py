@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from chargen.errors import ChargenError
@@ -53,7 +54,7 @@ class OptionSpec:
 
     name: str  # the Python name: a TrainingConfig field or a session keyword argument
     default: Any
-    type: type  # int, float, str or bool
+    type: type  # int, float, str, bool, or Path for a folder
     help: str  # one line for --help and the README
     kind: str = RUN  # RUN, LIMIT or SESSION (see the module docstring)
     flag: str = ""  # e.g. "--layers"; default: "--" + name with dashes
@@ -107,7 +108,7 @@ TRAINING_OPTIONS = (
     _limit("eval_every", 200, int, "Steps between evaluations and saves (0: only at the end)."),
     _run_option("seed", 0, int, "Seed for weights, window order and dropout."),
     _session("run_name", None, str, "Name of the run folder (default: cell, corpus and time)."),
-    _session("checkpoint_dir", "checkpoints", str, "Folder that holds the runs."),
+    _session("checkpoint_dir", "checkpoints", Path, "Folder that holds the runs."),
     _session("resume", False, bool, "Continue --run-name (or the newest run) where it stopped.", negatable=False),
     _session("encoding", "utf-8", str, "Text encoding of the corpus files."),
     _session("encoding_errors", "strict", str,
