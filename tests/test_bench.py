@@ -14,6 +14,8 @@ import pytest
 from chargen.generation import NumpyStepper
 from chargen.model import CharModel
 
+from helpers import write_corpus
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,7 @@ def bench():
     try:
         import bench.generation_speed
         import bench.quality
+        import bench.ten_minutes
 
         yield bench
     finally:
@@ -60,3 +63,18 @@ def test_quality_section_trains_both_modes_and_times_the_evaluations_apart(bench
         assert math.isfinite(row["val_bpc"]) and row["val_bpc"] < result["uniform_bpc"]
         assert row["evaluation_seconds"] > 0 and row["training_seconds"] > 0
         assert [step for step, _ in row["curve"]][-1] == row["steps"]
+
+
+@pytest.mark.slow
+def test_ten_minute_section_trains_chargen_and_keras_and_scores_both_the_same_way(bench, tmp_path):
+    corpus = tmp_path / "words.txt"
+    write_corpus(corpus, words=4000)
+    tiny_keras = {**bench.ten_minutes.KERAS, "units": 8, "embedding": 4, "batch": 8}
+    result = bench.ten_minutes.run(True, corpus_path=corpus, log=lambda *_: None, seconds=1, keras_sizes=tiny_keras)
+    chargen_row, keras_row = result["rows"]
+    assert chargen_row["model"].startswith("chargen defaults: lstm 2 x 256")  # what `chargen train` chose
+    assert result["scoring"] == {"window": 100, "streams": 32}  # scored as `chargen eval` scores that run
+    uniform = math.log2(len(set(corpus.read_text(encoding="utf-8"))))
+    for row in result["rows"]:
+        assert row["steps"] >= 1 and 0 < row["val_bpc"] < uniform + 1
+    assert result["lead_bpc"] == pytest.approx(keras_row["val_bpc"] - chargen_row["val_bpc"])
