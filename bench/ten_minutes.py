@@ -30,10 +30,11 @@ LN2 = math.log(2.0)
 
 
 def run(quick: bool, corpus_path: Path = CORPUS, log=print, seconds: float | None = None,
-        keras_sizes: dict | None = None) -> dict:
+        keras_sizes: dict | None = None, chargen_options: tuple[str, ...] = ()) -> dict:
     """Train both for `seconds` (600, or 30 with `quick`) and score them on the validation tail.
 
-    `keras_sizes` replaces `KERAS` (the tests use a tiny one).
+    `keras_sizes` replaces `KERAS` and `chargen_options` are added to `chargen train` (the tests use both
+    to make tiny models; the benchmark itself uses neither).
     """
     if not corpus_path.is_file():
         return {"skipped": f"{corpus_path} not found"}
@@ -45,7 +46,7 @@ def run(quick: bool, corpus_path: Path = CORPUS, log=print, seconds: float | Non
     vocab = Vocabulary.from_text(text)
     sizes = keras_sizes or KERAS
     log(f"    chargen train with its defaults for {seconds:.0f} s ...")
-    chargen_row = train_chargen(corpus_path, vocab, seconds)
+    chargen_row = train_chargen(corpus_path, vocab, seconds, chargen_options)
     scoring = chargen_row.pop("scoring")
     train_ids, val_ids = split_ids(vocab.encode(text), 0.1, scoring["window"])
     log(f"    chargen: {chargen_row['val_bpc']:.3f} bits/char after {chargen_row['steps']:,} steps")
@@ -56,7 +57,7 @@ def run(quick: bool, corpus_path: Path = CORPUS, log=print, seconds: float | Non
             "rows": [chargen_row, keras_row], "lead_bpc": keras_row["val_bpc"] - chargen_row["val_bpc"]}
 
 
-def train_chargen(corpus_path: Path, vocab, seconds: float) -> dict:
+def train_chargen(corpus_path: Path, vocab, seconds: float, options: tuple[str, ...] = ()) -> dict:
     """`chargen train CORPUS --time-limit seconds` through the command line, then `chargen eval` on the tail
     that training held out; the row says how that evaluation scored (`scoring`), for Keras to do the same."""
     from click.testing import CliRunner
@@ -69,7 +70,7 @@ def train_chargen(corpus_path: Path, vocab, seconds: float) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         result = CliRunner().invoke(cli, ["train", str(corpus_path), "--time-limit", str(seconds), "--quiet",
-                                          "--checkpoint-dir", folder, "--run-name", "ten-minutes"])
+                                          "--checkpoint-dir", folder, "--run-name", "ten-minutes", *options])
         if result.exit_code != 0:
             raise RuntimeError(f"chargen train failed: {result.output}")
         run = Run.open(Path(folder) / "ten-minutes")
@@ -79,7 +80,7 @@ def train_chargen(corpus_path: Path, vocab, seconds: float) -> dict:
         tail.write_text(vocab.decode(val_ids), encoding="utf-8")
         scored = evaluate_run(run, read_corpus(tail))
         progress = run.load_progress("last")
-    return {"model": f"chargen defaults: {config.cell} {config.num_layers} x {config.units}, batch "
+    return {"model": f"chargen train: {config.cell} {config.num_layers} x {config.units}, batch "
                      f"{config.batch_size}, window {config.seq_len}, {config.mode}",
             "val_bpc": scored["bits_per_char"], "steps": progress["step"], "chars_seen": progress["chars_seen"],
             "scoring": {"window": config.seq_len, "streams": config.batch_size}}

@@ -70,10 +70,12 @@ def test_ten_minute_section_trains_chargen_and_keras_and_scores_both_the_same_wa
     corpus = tmp_path / "words.txt"
     write_corpus(corpus, words=4000)
     tiny_keras = {**bench.ten_minutes.KERAS, "units": 8, "embedding": 4, "batch": 8}
-    result = bench.ten_minutes.run(True, corpus_path=corpus, log=lambda *_: None, seconds=1, keras_sizes=tiny_keras)
+    tiny_chargen = ("--units", "8", "--embedding-dim", "4", "--seq-len", "50", "--no-xla")
+    result = bench.ten_minutes.run(True, corpus_path=corpus, log=lambda *_: None, seconds=1, keras_sizes=tiny_keras,
+                                   chargen_options=tiny_chargen)
     chargen_row, keras_row = result["rows"]
-    assert chargen_row["model"].startswith("chargen defaults: lstm 2 x 256")  # what `chargen train` chose
-    assert result["scoring"] == {"window": 100, "streams": 32}  # scored as `chargen eval` scores that run
+    assert chargen_row["model"].startswith("chargen train: lstm 2 x 8")  # what `chargen train` was given
+    assert result["scoring"] == {"window": 50, "streams": 32}  # scored as `chargen eval` scores that run
     uniform = math.log2(len(set(corpus.read_text(encoding="utf-8"))))
     for row in result["rows"]:
         assert row["steps"] >= 1 and 0 < row["val_bpc"] < uniform + 1
