@@ -109,9 +109,8 @@ def _click_option(option: config.OptionSpec):
         kind = {"type": click.Path(file_okay=False)}
     else:
         kind = {"type": option.type}
-    shown = option.default is not None and (option.type is not bool or option.negatable)
-    return click.option(option.flags, option.name, default=option.default, show_default=shown, help=option.help,
-                        metavar=option.metavar, **kind)
+    return click.option(option.flags, option.name, default=option.default, show_default=option.shows_default,
+                        help=option.help, metavar=option.metavar, **kind)
 
 
 def _training_options(command):

@@ -63,6 +63,11 @@ class OptionSpec:
     negatable: bool = True  # a bool option also has "--no-..." (False: a plain flag such as --quiet)
 
     @property
+    def shows_default(self) -> bool:
+        """Whether help and the README show a default: not for None, nor for a plain flag such as --quiet."""
+        return self.default is not None and (self.type is not bool or self.negatable)
+
+    @property
     def flag_name(self) -> str:
         """How a message names the option: "--layers"."""
         return self.flag or "--" + self.name.replace("_", "-")
@@ -158,13 +163,13 @@ class TrainingConfig:
         validate(self)
 
     @classmethod
-    def from_saved(cls, saved: dict, **changes) -> TrainingConfig:
-        """The config recorded in a run, with `changes` applied; a damaged record is the user's to fix.
+    def from_saved(cls, saved: dict) -> TrainingConfig:
+        """The config recorded in a run; a damaged record is the user's to fix.
 
         A run saved before an option existed gets that option's default (its behaviour then).
         """
         try:
-            return cls(**{**saved, **changes})
+            return cls(**saved)
         except TypeError as error:
             raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); "
                                "the file is damaged") from None
@@ -223,7 +228,7 @@ def option_table() -> str:
 
 
 def _shown(option: OptionSpec) -> str:
-    if option.default is None or option.type is bool and not option.negatable:
+    if not option.shows_default:
         return ""
     if option.type is bool:
         return "on" if option.default else "off"
