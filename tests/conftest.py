@@ -15,6 +15,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
 
+# The XLA tests check that a compiled step computes what the plain one does, never how fast it runs:
+# compiling without LLVM's costly optimisations keeps the semantics and saves about a sixth of their time.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
 
 @pytest.fixture(autouse=True)
 def no_debug_from_environment(monkeypatch):

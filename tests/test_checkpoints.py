@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -467,30 +468,46 @@ def test_a_killed_training_leaves_a_run_that_samples_and_resumes(tmp_path):
     assert temporaries(Run(run)) == []
 
 
-@pytest.mark.slow
 def test_ctrl_c_saves_exits_130_and_tells_how_to_resume(tmp_path):
-    process, corpus, run = _start_training(tmp_path, "interrupted")
-    try:
-        _wait_for_first_snapshot(process, run)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    match = re.search(r"^step (\d+)", stdout, flags=re.MULTILINE)
-    assert match, stdout
+    """A real SIGINT, sent to this process once training has saved a snapshot, as Ctrl-C would send it.
+
+    The corpus is latin-1 in a folder whose name has a space: the resume command must quote the one and name
+    the other.
+    """
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    corpus = folder / "latin.txt"
+    corpus.write_bytes(("café crème brûlée " * 300).encode("latin-1"))
+    run = folder / "ck" / "interrupted"
+
+    def press_ctrl_c_after_the_first_snapshot():
+        deadline = time.monotonic() + 120
+        while not (run / "pointers.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_after_the_first_snapshot, daemon=True)
+    presser.start()
+    result = run_cli("train", corpus, *TINY, "--encoding", "latin-1", "--steps", "100000", "--eval-every", "3",
+                     "--time-limit", "120", "--checkpoint-dir", run.parent, "--run-name", run.name)
+    presser.join()
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output
+    match = re.search(r"^step (\d+)", result.stdout, flags=re.MULTILINE)
+    assert match, result.stdout
     reached = int(match.group(1))
+    assert 3 <= reached < 100000
     progress_reached = _last_progress(run)
     assert progress_reached["step"] == reached
     assert Run.open(run).metrics()[-1]["step"] == reached  # evaluated and saved at the step it stopped
     assert progress_reached["last_val_bpc"] is not None
 
-    hint = next(line for line in stderr.splitlines() if "--resume" in line)
+    hint = next(line for line in result.stderr.splitlines() if "--resume" in line)
     command = shlex.split(hint.split("continue with:", 1)[1])
-    assert command[:2] == ["chargen", "train"]
-    resumed = run_cli(*command[1:], "--no-xla", "--steps", reached + 1, "--quiet")
+    assert command[:2] == ["chargen", "train"] and "--resume" in command and "latin-1" in command
+    resumed = run_cli(*command[1:], "--no-xla", "--steps", reached + 1)
     assert resumed.exit_code == 0, resumed.output
+    assert f"from step {reached}" in resumed.stderr and f"step {reached + 1}:" in resumed.stdout
     assert _last_progress(run)["step"] == reached + 1
 
 

@@ -396,32 +396,3 @@ def test_an_existing_folder_is_never_removed_on_failure(tmp_path):
     result = run_cli("train", corpus, *TINY, "--checkpoint-dir", tmp_path / "ck", "--run-name", "mine")
     assert_user_error(result, "already exists")
     assert (mine / "keep.txt").read_text() == "precious"
-
-
-def test_interrupt_exits_130_with_a_resume_command_that_works(tmp_path, monkeypatch):
-    import shlex
-
-    import chargen.cli
-
-    folder = tmp_path / "with space"
-    folder.mkdir()
-    corpus = folder / "latin.txt"
-    corpus.write_bytes(("café crème brûlée " * 300).encode("latin-1"))
-    real_fit = chargen.cli._fit_until_interrupted
-
-    def interrupted_fit(trainer):  # as if Ctrl-C came before the first step
-        trainer.stop_requested = True
-        return real_fit(trainer)
-
-    monkeypatch.setattr(chargen.cli, "_fit_until_interrupted", interrupted_fit)
-    result = run_cli("train", corpus, *TINY, "--encoding", "latin-1", "--checkpoint-dir", folder / "ck", "--run-name",
-                     "int")
-    assert result.exit_code == 130, result.output
-    assert "Traceback" not in result.output
-    hint = next(line for line in result.stderr.splitlines() if "continue with:" in line)
-    command = shlex.split(hint.split("continue with:", 1)[1])
-    assert command[:2] == ["chargen", "train"] and "--resume" in command and "latin-1" in command
-    monkeypatch.undo()
-    resumed = run_cli(*command[1:], "--steps", "2")
-    assert resumed.exit_code == 0, resumed.output
-    assert "from step 0" in resumed.stderr and "step 2:" in resumed.stdout

@@ -27,8 +27,8 @@ def test_bptt_learns_a_long_range_recall_that_teacher_forcing_cannot():
     # Records "K" + 6 random fillers + "K" + newline: the second key is predictable only by a model
     # whose state was trained to keep the first one for 7 steps, which needs the gradient through time.
     source = synthetic.recall_source(lag=6, num_keys=4, filler_size=2, length=60_000, seed=1)
-    _, bptt = train(source.text, mode="bptt", steps=400)
-    _, forced = train(source.text, mode="teacher-forcing", steps=400)
+    _, bptt = train(source.text, mode="bptt", steps=250)
+    _, forced = train(source.text, mode="teacher-forcing", steps=250)
     floor, without_recall = source.entropy_bits_per_char, source.no_recall_bits_per_char
     assert bptt.last_val_bpc < floor + 0.08, (bptt.last_val_bpc, floor)
     assert forced.last_val_bpc > floor + 0.15, (forced.last_val_bpc, floor)
