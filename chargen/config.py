@@ -44,6 +44,8 @@ CELL_KINDS = {
 MODES = ("bptt", "teacher-forcing")
 DEVICES = ("auto", "cpu", "gpu")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
+LR_SCHEDULES = ("cosine", "constant")
+LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of --learning-rate
 
 RUN, LIMIT, SESSION = "run", "limit", "session"
 
@@ -107,6 +109,9 @@ TRAINING_OPTIONS = (
     _limit("epochs", None, float, "Stop after this many passes over the training text."),
     _limit("time_limit", None, float, "Stop after this many seconds.", metavar="SECONDS"),
     _run_option("learning_rate", 2e-3, float, "Adam's learning rate."),
+    _run_option("lr_schedule", "cosine", str,
+                "cosine: from --learning-rate down to a tenth of it at the step, epoch or time limit "
+                "(constant when none is set); constant: --learning-rate throughout.", choices=LR_SCHEDULES),
     _run_option("clip_norm", 5.0, float, "Clip gradients to this global norm (0: off)."),
     _run_option("dropout", 0.0, float, "Dropout between layers."),
     _run_option("val_fraction", 0.1, float, "Tail of the text held out for validation."),
@@ -126,6 +131,10 @@ TRAINING_OPTIONS = (
 OPTIONS = {option.name: option for option in TRAINING_OPTIONS}
 RESUMABLE = tuple(option.name for option in TRAINING_OPTIONS if option.kind == LIMIT)
 STOP_LIMITS = ("steps", "epochs", "time_limit")  # training stops at whichever comes first
+
+
+# What a run saved before an option existed had, where that differs from the option's default.
+BEFORE_THE_OPTION_EXISTED = {"lr_schedule": "constant"}
 
 
 def _field(name: str):
@@ -152,7 +161,8 @@ class TrainingConfig:
     steps: int | None = _field("steps")  # None: no step limit
     epochs: float | None = _field("epochs")
     time_limit: float | None = _field("time_limit")  # seconds of this session
-    learning_rate: float = _field("learning_rate")  # Adam
+    learning_rate: float = _field("learning_rate")  # Adam's, at the start
+    lr_schedule: str = _field("lr_schedule")  # one of LR_SCHEDULES
     clip_norm: float = _field("clip_norm")  # 0: no clipping
     dropout: float = _field("dropout")  # between layers, while training
     val_fraction: float = _field("val_fraction")
@@ -166,10 +176,10 @@ class TrainingConfig:
     def from_saved(cls, saved: dict) -> TrainingConfig:
         """The config recorded in a run; a damaged record is the user's to fix.
 
-        A run saved before an option existed gets that option's default (its behaviour then).
+        A run saved before an option existed gets the value that gives its behaviour then.
         """
         try:
-            return cls(**saved)
+            return cls(**{**BEFORE_THE_OPTION_EXISTED, **saved})
         except TypeError as error:
             raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); "
                                "the file is damaged") from None
@@ -192,6 +202,7 @@ def validate(config: TrainingConfig) -> None:
     checks = [
         (config.mode in MODES, f"mode must be one of {', '.join(MODES)}", "mode"),
         (config.cell in CELL_KINDS, f"cell must be one of {', '.join(CELL_KINDS)}", "cell"),
+        (config.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}", "lr_schedule"),
         (0.0 <= config.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
         (config.learning_rate > 0 and math.isfinite(config.learning_rate), "learning_rate must be positive",
          "learning_rate"),

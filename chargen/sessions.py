@@ -30,7 +30,7 @@ class SaveCheckpoints(Callback):
         self.saved_step = None
 
     def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
-        record = {k: logs.get(k) for k in ("step", "loss", "bpc", "val_loss", "val_bpc")}
+        record = {k: logs.get(k) for k in ("step", "loss", "bpc", "learning_rate", "val_loss", "val_bpc")}
         record["chars_seen"] = trainer.progress.chars_seen
         record["elapsed_seconds"] = round(trainer.progress.elapsed_seconds, 3)
         self.run.append_metrics(record)

@@ -6,7 +6,8 @@ Modes (see `recurrent.py` for what each does to the gradient):
   - "teacher-forcing": the input at step t is the observed character t-1, and the state entering
     each step is a constant for the gradient, so each step trains the weights through itself alone.
 
-Adam with gradient clipping by global norm; the loss is in nats, reported as bits per character.
+Adam with gradient clipping by global norm, its learning rate following `config.lr_schedule` toward the
+nearest limit; the loss is in nats, reported as bits per character.
 Nothing here prints and nothing here knows a run folder: progress bars, previews and checkpoints are
 callbacks the caller attaches (`sessions.py` wires them to a run).
 """
@@ -22,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from chargen import corpus
-from chargen.config import TrainingConfig
+from chargen.config import LR_FLOOR, TrainingConfig
 from chargen.errors import ChargenError
 from chargen.model import CharModel
 from chargen.vocab import Vocabulary
@@ -36,7 +37,7 @@ class Callback:
     def on_train_begin(self, trainer: Trainer) -> None: ...
 
     def on_step_end(self, trainer: Trainer, logs: dict) -> None:
-        """After each step. logs: step, loss (nats), bpc, chars_per_second."""
+        """After each step. logs: step, loss (nats), bpc, learning_rate (of this step), chars_per_second."""
 
     def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
         """After each evaluation. logs: step, val_loss, val_bpc, best (bool), plus the last step logs."""
@@ -65,6 +66,17 @@ def sequence_nats(logits, targets):
 def make_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
     clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
     return keras.optimizers.Adam(learning_rate=config.learning_rate, **clip)
+
+
+def scheduled_learning_rate(config: TrainingConfig, fraction: float | None) -> float:
+    """The learning rate `fraction` of the way (0 to 1) to the nearest limit; None: no limit is set.
+
+    Cosine: the rate falls slowly at first, fastest midway and slowly again near the floor, so a run
+    whose budget is known spends its start learning fast and its end settling.
+    """
+    if config.lr_schedule == "constant" or fraction is None:
+        return config.learning_rate
+    return config.learning_rate * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
 
 
 def build_model(config: TrainingConfig, vocab_size: int) -> CharModel:
@@ -165,6 +177,17 @@ class Trainer:
             limits.append(max(1, round(self.config.epochs * self.steps_per_epoch)))
         return min(limits) if limits else None
 
+    def fraction_done(self, session_seconds: float) -> float | None:
+        """How far training is toward its nearest limit (steps and epochs over the run, time over this
+        session), from 0 to 1; None when no limit is set."""
+        fractions = []
+        limit = self.step_limit()
+        if limit is not None:
+            fractions.append(self.progress.step / limit)
+        if self.config.time_limit:
+            fractions.append(session_seconds / self.config.time_limit)
+        return min(1.0, max(fractions)) if fractions else None
+
     def _distributed_step(self, inputs, targets, states):
         return self.distribution.run(self._step, args=(inputs, targets, states))
 
@@ -192,8 +215,10 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_begin(self)
         stopped_by, logs = "steps", {}
-        session_start = time.monotonic() - progress.elapsed_seconds
+        session_began = time.monotonic()
+        session_start = session_began - progress.elapsed_seconds
         previous_step_end = time.perf_counter()
+        learning_rate = None
         for inputs, targets in dataset:
             if limit is not None and progress.step >= limit:
                 break
@@ -203,6 +228,10 @@ class Trainer:
             if deadline is not None and time.monotonic() >= deadline:
                 stopped_by = "time"
                 break
+            scheduled = scheduled_learning_rate(config, self.fraction_done(time.monotonic() - session_began))
+            if scheduled != learning_rate:
+                learning_rate = scheduled
+                self.optimizer.learning_rate.assign(learning_rate)
             states = self.carried_states if config.stateful else None
             loss, final_states = self._train_step(inputs, targets, states)
             loss = float(loss)
@@ -222,6 +251,7 @@ class Trainer:
                 "step": progress.step,
                 "loss": loss,
                 "bpc": loss / LN2,
+                "learning_rate": learning_rate,
                 "chars_per_second": targets.shape[0] * targets.shape[1] / max(seconds, 1e-9),
             }
             for callback in self.callbacks:

@@ -293,15 +293,37 @@ def _optimizer_state(run: Path) -> list[np.ndarray]:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
+def _interrupted_at_step(step: int, monkeypatch) -> None:
+    """The next `chargen train` stops after `step` as if Ctrl-C came then (the signal is test_checkpoints.py's)."""
+    import chargen.cli
+    from chargen.training import Callback
+
+    class StopThere(Callback):
+        def on_step_end(self, trainer, logs):
+            trainer.stop_requested = trainer.stop_requested or logs["step"] == step
+
+    real_fit = chargen.cli._fit_until_interrupted
+
+    def interrupted_fit(trainer):
+        trainer.callbacks.append(StopThere())
+        return real_fit(trainer)
+
+    monkeypatch.setattr(chargen.cli, "_fit_until_interrupted", interrupted_fit)
+
+
 @pytest.mark.parametrize("stateful", [False, True], ids=["windows", "stateful"])
-def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, stateful):
+def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, stateful, monkeypatch):
+    """Interrupted at step 4 of 8 and resumed: the same weights, optimizer, curve and learning-rate schedule."""
     corpus = trained["corpus"]
     flag = "--stateful" if stateful else "--no-stateful"
     split_dir, whole_dir = tmp_path / "split", tmp_path / "whole"
-    first = run_cli("train", corpus, *TINY, flag, "--seed", "3", "--checkpoint-dir", split_dir, "--run-name", "run")
-    assert first.exit_code == 0, first.output
-    # no --run-name: the newest (only) run in the folder is resumed
-    resumed = run_cli("train", corpus, "--steps", "8", "--resume", "--no-xla", "--quiet", "--checkpoint-dir", split_dir)
+    _interrupted_at_step(4, monkeypatch)
+    first = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", split_dir,
+                    "--run-name", "run")
+    assert first.exit_code == 130, first.output
+    monkeypatch.undo()
+    # no --run-name: the newest (only) run in the folder is resumed; no --steps: it keeps its limit of 8
+    resumed = run_cli("train", corpus, "--resume", "--no-xla", "--quiet", "--checkpoint-dir", split_dir)
     assert resumed.exit_code == 0, resumed.output
     assert "from step 4" in resumed.stderr
     whole = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir,
@@ -314,6 +336,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
     for interrupted, uninterrupted in zip(split_metrics, whole_metrics):  # the loss curve continues
         assert interrupted["loss"] == pytest.approx(uninterrupted["loss"], abs=1e-6)
         assert interrupted["val_bpc"] == pytest.approx(uninterrupted["val_bpc"], abs=1e-6)
+        assert interrupted["learning_rate"] == uninterrupted["learning_rate"]
         assert interrupted["chars_seen"] == uninterrupted["chars_seen"]
 
     split_progress = json.loads((last_snapshot(split_run) / "progress.json").read_text())

@@ -81,6 +81,10 @@ def test_invalid_settings_name_the_option_and_the_value(overrides, named):
         TrainingConfig(**overrides)
 
 
-def test_a_run_saved_before_an_option_existed_gets_its_default():
-    saved = {k: v for k, v in TrainingConfig(cell="gru").to_dict().items() if k != "reset_after"}
-    assert TrainingConfig.from_saved(saved).reset_after is False
+def test_a_run_saved_before_an_option_existed_keeps_its_behaviour_then():
+    older = {"reset_after", "lr_schedule"}
+    saved = {k: v for k, v in TrainingConfig(cell="gru").to_dict().items() if k not in older}
+    restored = TrainingConfig.from_saved(saved)
+    assert restored.reset_after is False
+    assert restored.lr_schedule == "constant"  # new runs default to cosine; older ones trained at a constant rate
+    assert TrainingConfig.from_saved({**saved, "lr_schedule": "cosine"}).lr_schedule == "cosine"

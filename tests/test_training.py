@@ -7,7 +7,7 @@ import pytest
 
 from chargen import corpus, synthetic
 from chargen.config import TrainingConfig
-from chargen.training import Callback, Trainer, build_model
+from chargen.training import Callback, Trainer, build_model, scheduled_learning_rate
 from chargen.vocab import Vocabulary
 
 
@@ -72,6 +72,52 @@ def test_epochs_set_the_step_limit_and_the_smaller_limit_wins():
     assert progress.step == corpus.steps_per_epoch(len(trainer.train_ids), 16, 8)
     _, progress = train(text, epochs=1, steps=3, units=8, seq_len=16, batch_size=8)
     assert progress.step == 3
+
+
+def test_the_cosine_schedule_falls_from_the_learning_rate_to_a_tenth_of_it():
+    cosine, constant = TrainingConfig(learning_rate=0.01), TrainingConfig(learning_rate=0.01, lr_schedule="constant")
+    # 0.01 * (0.1 + 0.9 * (1 + cos(pi * f)) / 2), worked by hand at f = 0, 1/3, 1/2, 1
+    for fraction, expected in ((0.0, 0.01), (1 / 3, 0.00775), (0.5, 0.0055), (1.0, 0.001), (1.5, 0.001)):
+        assert scheduled_learning_rate(cosine, fraction) == pytest.approx(expected)
+        assert scheduled_learning_rate(constant, fraction) == 0.01
+    assert scheduled_learning_rate(cosine, None) == 0.01  # no limit: nothing to fall toward
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_each_step_applies_the_scheduled_learning_rate(xla):
+    """Keras's Adam moves a weight by lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps): from the slots
+    after the last step, the weights must have moved by exactly that at the scheduled rate, so the compiled
+    step reads the rate the schedule set."""
+    import tensorflow as tf
+
+    class Record(Callback):
+        def __init__(self):
+            self.rates, self.before = [], None
+
+        def on_step_end(self, trainer, logs):
+            self.rates.append(logs["learning_rate"])
+            if logs["step"] == 2:
+                self.before = [np.asarray(v) for v in trainer.model.trainable_variables]
+
+    text = "".join(np.random.default_rng(0).choice(list("abcdefgh"), 3000))
+    config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=3, eval_every=0,
+                            learning_rate=0.01, clip_norm=0.0)
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
+    record = Record()
+    trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[record], xla=xla)
+    trainer.fit()
+    expected = [scheduled_learning_rate(config, step / 3) for step in range(3)]
+    assert record.rates == pytest.approx(expected) and expected[2] < 0.5 * expected[0]
+    optimizer = trainer.optimizer
+    beta1, beta2, step = optimizer.beta_1, optimizer.beta_2, 3
+    for variable, before in zip(trainer.model.trainable_variables, record.before, strict=True):
+        m = np.asarray(optimizer._momentums[optimizer._get_variable_index(variable)])
+        v = np.asarray(optimizer._velocities[optimizer._get_variable_index(variable)])
+        alpha = expected[2] * np.sqrt(1 - beta2**step) / (1 - beta1**step)
+        predicted = before - alpha * m / (np.sqrt(v) + optimizer.epsilon)
+        np.testing.assert_allclose(np.asarray(variable), predicted, rtol=0, atol=1e-6)
+    assert float(tf.convert_to_tensor(optimizer.learning_rate)) == pytest.approx(expected[2])
 
 
 def test_stop_request_ends_training_and_is_reported():
