@@ -75,7 +75,7 @@ def test_ten_minute_section_trains_chargen_and_keras_and_scores_both_the_same_wa
                                    chargen_options=tiny_chargen)
     chargen_row, keras_row = result["rows"]
     assert chargen_row["model"].startswith("chargen train: lstm 2 x 8")  # what `chargen train` was given
-    assert result["scoring"] == {"window": 50, "streams": 32}  # scored as `chargen eval` scores that run
+    assert result["scoring"] == {"window": 50, "streams": 16}  # scored as `chargen eval` scores that run
     uniform = math.log2(len(set(corpus.read_text(encoding="utf-8"))))
     for row in result["rows"]:
         assert row["steps"] >= 1 and 0 < row["val_bpc"] < uniform + 1
