@@ -20,6 +20,9 @@ class _Cell(keras.layers.Layer):
 
     A subclass names its `kind` in `config.CELL_KINDS`, which holds its gate names (in the order they are
     stacked along the last axis of the fused kernels) and how many state tensors it carries.
+
+    Precision follows the cell's dtype policy: under "mixed_bfloat16" or "mixed_float16" the weights are
+    float32 and Keras's `__call__` casts them and the inputs to the compute dtype, so `call` computes in it.
     """
 
     kind: str = ""
@@ -57,9 +60,13 @@ class _Cell(keras.layers.Layer):
     def _bias_init(self):
         return self.bias_initializer
 
-    def get_initial_state(self, batch_size: int, dtype="float32"):
-        """Zero states, one `(batch_size, units)` tensor per entry of `state_size`."""
-        return [ops.zeros((batch_size, self.units), dtype=dtype) for _ in range(self.num_states)]
+    def get_initial_state(self, batch_size: int, dtype=None):
+        """Zero states, one `(batch_size, units)` tensor per entry of `state_size`.
+
+        By default in the dtype the cell computes in (bfloat16 under a "mixed_bfloat16" policy, whose weights
+        stay float32): a loop's state must keep one dtype from step to step.
+        """
+        return [ops.zeros((batch_size, self.units), dtype=dtype or self.compute_dtype) for _ in range(self.num_states)]
 
     def get_config(self):
         return {

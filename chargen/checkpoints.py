@@ -7,9 +7,9 @@
       pointers.json      which snapshot is the last and which the best
       snapshots/step-0001200-1a2b3c/
         model.keras      the Keras model (loaded with safe mode on)
-        optimizer.npz    Adam's variables, in order
+        optimizer.npz    the optimiser's variables, in order (float16 runs: the loss scale's, then Adam's)
         progress.json    step, characters seen, best and last validation bits per character
-        states.npz       the carried recurrent states (stateful runs only)
+        states.npz       the carried recurrent states, as float32 (stateful runs only)
 
 Every write is atomic: a snapshot is written into a temporary folder and renamed into place, and
 the small JSON files are written to a temporary file and renamed. A process killed at any moment
@@ -122,7 +122,8 @@ class Run:
             model.save(temporary / "model.keras")
             np.savez(temporary / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
             if states is not None:
-                flat = {f"layer{i}_state{j}": np.asarray(s) for i, layer in enumerate(states)
+                # float32 whatever the run's precision: exact for bfloat16 and float16 states, and readable by numpy
+                flat = {f"layer{i}_state{j}": np.asarray(s, np.float32) for i, layer in enumerate(states)
                         for j, s in enumerate(layer)}
                 np.savez(temporary / "states.npz", **flat)
             (temporary / "progress.json").write_text(json.dumps(progress, indent=2), encoding="utf-8")

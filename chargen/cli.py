@@ -146,7 +146,8 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
             trainer = sessions.new_session(text_corpus, settings, run_path, callbacks, xla=xla)
         settings = trainer.config
         click.echo(
-            f"training {settings.cell} x{settings.num_layers}x{settings.units} ({settings.mode}) on "
+            f"training {settings.cell} x{settings.num_layers}x{settings.units} ({settings.mode}"
+            f"{'' if settings.precision == 'float32' else ', ' + settings.precision}) on "
             f"{len(trainer.train_ids):,} characters, validating on {len(trainer.val_ids):,}; "
             f"device {device_name}{'' if xla else ' (no XLA)'}; run {run_path}"
             + (f", from step {trainer.progress.step}" if resume else ""),
@@ -235,8 +236,11 @@ def _parse_strategy(strategy_name: str, option_pairs):
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which saved model of the run.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
+              help="Arithmetic of the generation step: float32 is the numpy engine; bfloat16 and float16 run the "
+                   "model in TensorFlow.")
 def sample(run, strategy, option_pairs, temperature, length, prime, num_samples, seed, stop, stream, output,
-           candidates, which, checkpoint_dir):
+           candidates, which, checkpoint_dir, precision):
     """Generate text from RUN (default: the newest run in --checkpoint-dir)."""
     if not temperature > 0:
         raise ChargenError("--temperature must be above 0 (for the single most likely text use --strategy greedy). "
@@ -244,14 +248,14 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
     chosen = _parse_strategy(strategy, option_pairs)  # before TensorFlow loads: a bad option fails fast
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints
-    from chargen.generation import GenerationRequest, NumpyStepper, generate, generate_candidates, validate_request
+    from chargen.generation import GenerationRequest, generate, generate_candidates, make_stepper, validate_request
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
     vocab = the_run.vocabulary()
     request = GenerationRequest(length=length, prime=prime, num_samples=num_samples, temperature=temperature,
                                 seed=seed, stop=stop)
     validate_request(request, vocab)
-    stepper = NumpyStepper(the_run.load_model(which))
+    stepper = make_stepper(the_run.load_model(which), precision)
     if candidates:
         for index, row in enumerate(generate_candidates(stepper, vocab, chosen, request)):
             for rank, (text, log_probability) in enumerate(row, 1):
@@ -286,20 +290,23 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
 @_click_option(config.OPTIONS["encoding"])
 @_click_option(config.OPTIONS["encoding_errors"])
+@click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
+              help="Arithmetic of the scoring (float32 whatever the run trained in, so runs are scored alike).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors, as_json):
+def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors, precision, as_json):
     """Bits per character and perplexity of RUN's model on CORPUS."""
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints, sessions
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
-    result = sessions.evaluate_run(the_run, text_corpus, which)
+    result = sessions.evaluate_run(the_run, text_corpus, which, precision)
     if as_json:
         click.echo(json.dumps(result))
     else:
+        in_precision = "" if precision == "float32" else f", computed in {precision}"
         click.echo(f"{result['bits_per_char']:.4f} bits per character, perplexity {result['perplexity']:.3f} "
-                   f"over {result['characters']:,} characters ({the_run.name}, {which} model)")
+                   f"over {result['characters']:,} characters ({the_run.name}, {which} model{in_precision})")
 
 
 @cli.command()
@@ -322,6 +329,8 @@ def info(run, checkpoint_dir, as_json):
     click.echo(f"vocabulary   {details['vocab_size']} characters")
     click.echo(f"training     {details['mode']}, {details['steps']:,} steps, "
                f"{details['chars_seen']:,} characters seen")
+    click.echo(f"precision    {details['precision']}" + ("" if details["precision"] == "float32" else
+                                                          " (float32 weights, optimizer, logits and loss)"))
     for key, label in (("best_val_bpc", "best"), ("last_val_bpc", "last")):
         if details[key] is not None:
             click.echo(f"validation   {label} {details[key]:.4f} bits per character")

@@ -1,4 +1,4 @@
-"""The one source of configuration: cell kinds, training modes and every option of `chargen train`.
+"""The one source of configuration: cell kinds, training modes, precisions and every option of `chargen train`.
 
 TensorFlow-free, so `chargen --help` and `chargen info` stay instant. Each fact lives here once and the
 rest of chargen reads it: the Click options of `train` are made from `TRAINING_OPTIONS`, the run's
@@ -46,6 +46,8 @@ DEVICES = ("auto", "cpu", "gpu")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 LR_SCHEDULES = ("cosine", "constant")
 LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of --learning-rate
+# --precision NAME -> the Keras dtype policy of the recurrent layers: float32 variables, computing in NAME.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 RUN, LIMIT, SESSION = "run", "limit", "session"
 
@@ -105,6 +107,9 @@ TRAINING_OPTIONS = (
     _run_option("mode", "bptt", str, "bptt: gradient through every step; teacher-forcing: no gradient through time.",
                 choices=MODES),
     _run_option("stateful", False, bool, "Carry the state from one window to the next of the same stream (bptt)."),
+    _run_option("precision", "float32", str,
+                "Arithmetic of the recurrent layers; weights, optimizer, logits and loss stay float32 "
+                "(float16 adds loss scaling).", choices=tuple(PRECISIONS)),
     _limit("steps", None, int, "Stop after this many steps in total."),
     _limit("epochs", None, float, "Stop after this many passes over the training text."),
     _limit("time_limit", None, float, "Stop after this many seconds.", metavar="SECONDS"),
@@ -158,6 +163,7 @@ class TrainingConfig:
     batch_size: int = _field("batch_size")  # windows per step
     mode: str = _field("mode")  # one of MODES
     stateful: bool = _field("stateful")
+    precision: str = _field("precision")  # a key of PRECISIONS
     steps: int | None = _field("steps")  # None: no step limit
     epochs: float | None = _field("epochs")
     time_limit: float | None = _field("time_limit")  # seconds of this session
@@ -187,7 +193,8 @@ class TrainingConfig:
     def model_arguments(self) -> dict:
         """What `CharModel` is built from."""
         return {"cell": self.cell, "num_layers": self.num_layers, "units": self.units,
-                "embedding_dim": self.embedding_dim, "dropout": self.dropout, "reset_after": self.reset_after}
+                "embedding_dim": self.embedding_dim, "dropout": self.dropout, "reset_after": self.reset_after,
+                "dtype": PRECISIONS[self.precision]}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,6 +210,7 @@ def validate(config: TrainingConfig) -> None:
         (config.mode in MODES, f"mode must be one of {', '.join(MODES)}", "mode"),
         (config.cell in CELL_KINDS, f"cell must be one of {', '.join(CELL_KINDS)}", "cell"),
         (config.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}", "lr_schedule"),
+        (config.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}", "precision"),
         (0.0 <= config.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
         (config.learning_rate > 0 and math.isfinite(config.learning_rate), "learning_rate must be positive",
          "learning_rate"),

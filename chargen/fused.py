@@ -42,6 +42,8 @@ def fusable(cell) -> bool:
 def run(cell, inputs, initial_state, through_time: bool):
     """Runs `cell` over `inputs` with its fused unit: the generic path's values, the hand-written gradient.
 
+    Forward and backward compute in the cell's compute dtype (bfloat16 or float16 under a mixed policy).
+
     Args:
         cell: a cell for which `fusable(cell)` holds.
         inputs: `(batch, time, features)`.
@@ -54,7 +56,12 @@ def run(cell, inputs, initial_state, through_time: bool):
     """
     unit_type = _unit_type(cell)
     names = [field.name for field in dataclasses.fields(unit_type)]
-    weights = [tf.convert_to_tensor(getattr(cell, _CELL_WEIGHTS[name])) for name in names]
+    # The cell's variables are read here, not in its `__call__`, so nothing casts them for us: under a mixed
+    # policy they are float32 and are cast to the compute dtype here (their gradients come back as float32).
+    dtype = cell.compute_dtype
+    weights = [tf.cast(getattr(cell, _CELL_WEIGHTS[name]), dtype) for name in names]
+    inputs = tf.cast(inputs, dtype)
+    initial_state = [tf.cast(s, dtype) for s in initial_state]
     if not through_time:
         initial_state = [tf.stop_gradient(s) for s in initial_state]
     num_states = len(initial_state)

@@ -19,6 +19,9 @@ What makes the step fast, all decided once when the weights are pulled out:
 
 At batch 1 a step is bound by reading the weights from memory, so these help large batches most
 (see bench/README.md).
+
+`NumpyStepper` computes in float32, the reference. `TensorFlowStepper` runs the Keras model itself, one
+compiled call per character, in the precision asked for (`make_stepper`): bfloat16 or float16.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chargen.config import PRECISIONS
 from chargen.errors import ChargenError
 from chargen.sampling import GuardedStrategy, SamplingContext
 from chargen.vocab import Vocabulary
@@ -192,6 +196,56 @@ class NumpyStepper:
         for t in range(ids.shape[1]):
             _, state = self.step(ids[:, t], state)
         return state
+
+
+class TensorFlowStepper:
+    """The Keras model's own step, computing in its dtype policy: `step(ids, state) -> (logits, state)`.
+
+    Args:
+        model: a built `CharModel` (see `CharModel.with_precision`).
+
+    The same interface and state layout as `NumpyStepper` (float32 arrays, layer by layer; a bfloat16 or
+    float16 state survives the trip to float32 exactly), so every strategy runs on either.
+    """
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        self.model = model
+        self.states_per_layer = [len(layer.cell.state_size) for layer in model.recurrent_layers]
+        self.layer_units = [layer.cell.units for layer in model.recurrent_layers]
+        self.vocab_size = model.vocab_size
+        self._window = tf.function(self._last_logits, reduce_retracing=True)
+
+    def _last_logits(self, ids, states):
+        logits, final_states = self.model(ids, states=states)  # logits (batch, time, vocab)
+        return logits[:, -1], final_states
+
+    def initial_state(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, units), np.float32)
+                for units, count in zip(self.layer_units, self.states_per_layer) for _ in range(count)]
+
+    def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._run(np.asarray(ids)[:, None], state)
+
+    def feed(self, ids: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
+        """Run a prime `(batch, time)` through the network in one call, returning the state after it."""
+        return self._run(ids, state)[1] if ids.shape[1] else state
+
+    def _run(self, ids, state):
+        by_layer, position = [], 0
+        for count in self.states_per_layer:
+            by_layer.append(list(state[position:position + count]))
+            position += count
+        logits, final_states = self._window(np.asarray(ids, np.int32), by_layer)
+        return np.asarray(logits, np.float32), [np.asarray(s, np.float32) for layer in final_states for s in layer]
+
+
+def make_stepper(model, precision: str = "float32"):
+    """The step function for `precision`: numpy in float32 (the reference), the Keras model otherwise."""
+    if precision == "float32":
+        return NumpyStepper(model)
+    return TensorFlowStepper(model.with_precision(PRECISIONS[precision]))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ class CharModel(keras.Model):
         embedding_dim: size of the learned character vectors fed to the first layer.
         dropout: dropout rate between layers (and before the output layer) while training.
         reset_after: GRU only: the candidate form with the reset gate after the recurrent product.
+        dtype: the dtype policy of the embedding and the recurrent layers ("float32", "mixed_bfloat16" or
+            "mixed_float16", see `config.PRECISIONS`): their weights are float32 and they compute in the
+            policy's dtype. The output layer is always float32, so the logits (and the loss) are too.
 
     Call arguments:
         ids: `(batch, time)` int character ids.
@@ -62,14 +65,16 @@ class CharModel(keras.Model):
         self.vocab_size, self.cell_kind, self.num_layers = vocab_size, cell, num_layers
         self.units, self.embedding_dim, self.dropout_rate = units, embedding_dim, dropout
         self.reset_after = bool(reset_after)
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        # Each layer gets the model's policy (never the global one, which other code in the process may use).
+        policy = self.dtype_policy
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding", dtype=policy)
         self.recurrent_layers = [
-            Recurrent(make_cell(cell, units, reset_after=self.reset_after, name=f"{cell}_cell_{i}"),
-                      name=f"recurrent_{i}")
+            Recurrent(make_cell(cell, units, reset_after=self.reset_after, name=f"{cell}_cell_{i}", dtype=policy),
+                      name=f"recurrent_{i}", dtype=policy)
             for i in range(num_layers)
         ]
-        self.dropout = keras.layers.Dropout(dropout, name="dropout")
-        self.head = keras.layers.Dense(vocab_size, name="logits")
+        self.dropout = keras.layers.Dropout(dropout, name="dropout", dtype=policy)
+        self.head = keras.layers.Dense(vocab_size, name="logits", dtype="float32")
 
     def build(self, input_shape=None):
         self.embedding.build((None, None))
@@ -81,8 +86,17 @@ class CharModel(keras.Model):
         self.built = True
 
     def initial_states(self, batch_size: int):
-        """Zero states: a list per layer of `(batch_size, units)` tensors."""
+        """Zero states: a list per layer of `(batch_size, units)` tensors, in the dtype the layers compute in."""
         return [layer.cell.get_initial_state(batch_size) for layer in self.recurrent_layers]
+
+    def with_precision(self, dtype) -> CharModel:
+        """This model under another dtype policy (see `dtype` above), with the same float32 weights."""
+        if keras.dtype_policies.get(dtype).name == self.dtype_policy.name:
+            return self
+        other = CharModel.from_config({**self.get_config(), "dtype": dtype})
+        other.build()
+        other.set_weights(self.get_weights())
+        return other
 
     def call(self, ids, states=None, training=False, through_time=True):
         x = self.embedding(ids)  # (batch, time, embedding_dim)

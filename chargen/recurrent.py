@@ -64,6 +64,8 @@ class Recurrent(keras.layers.Layer):
         fused: use the cell type's fused kernel (`fused.py`) when it has one; False always takes
             the generic path, the reference the fused kernels are tested against.
 
+    Both paths compute in the cell's compute dtype (its dtype policy), whatever the inputs' dtype.
+
     Call arguments:
         inputs: `(batch, time, features)`.
         initial_state: list of `(batch, units)` tensors, or None for zeros.
@@ -93,8 +95,13 @@ class Recurrent(keras.layers.Layer):
             self.cell.build((input_shape[0], input_shape[-1]))
 
     def call(self, inputs, initial_state=None, training=False, through_time=True):
+        # The cell's policy decides the arithmetic, also when this `call` is reached without `__call__` (which
+        # would cast): the loop's states must enter in the dtype the cell's steps give them.
+        dtype = self.cell.compute_dtype
+        inputs = ops.cast(inputs, dtype)
         if initial_state is None:
-            initial_state = self.cell.get_initial_state(ops.shape(inputs)[0], inputs.dtype)
+            initial_state = self.cell.get_initial_state(ops.shape(inputs)[0], dtype)
+        initial_state = [ops.cast(state, dtype) for state in initial_state]
         if self.fused and fused_kernels.fusable(self.cell):
             return fused_kernels.run(self.cell, inputs, initial_state, through_time)
         if through_time:
@@ -122,10 +129,10 @@ class Recurrent(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, initial_state=None, training=False, through_time=True):
         batch, time = inputs.shape[0], inputs.shape[1]
-        units = self.cell.output_size
+        units, dtype = self.cell.output_size, self.cell.compute_dtype
         return (
-            keras.KerasTensor((batch, time, units), dtype=inputs.dtype),
-            [keras.KerasTensor((batch, size), dtype=inputs.dtype) for size in self.cell.state_size],
+            keras.KerasTensor((batch, time, units), dtype=dtype),
+            [keras.KerasTensor((batch, size), dtype=dtype) for size in self.cell.state_size],
         )
 
     def get_config(self):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from chargen import corpus
 from chargen.checkpoints import Run
-from chargen.config import OPTIONS, RESUMABLE, STOP_LIMITS, TrainingConfig
+from chargen.config import OPTIONS, PRECISIONS, RESUMABLE, STOP_LIMITS, TrainingConfig
 from chargen.errors import ChargenError
 from chargen.training import LN2, Callback, Evaluator, Progress, Trainer, build_model, make_optimizer
 from chargen.vocab import Vocabulary
@@ -122,10 +122,16 @@ def resumed_limits(saved: TrainingConfig, given: dict) -> dict:
     return limits
 
 
-def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best") -> dict:
-    """Bits per character and perplexity (per character) of a saved model on a text."""
+def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best", precision: str = "float32") -> dict:
+    """Bits per character and perplexity (per character) of a saved model on a text, computed in `precision`.
+
+    float32 by default whatever precision the run trained in: the figure then describes the model as
+    `chargen sample` runs it by default, and runs trained in different precisions are scored alike.
+    """
     config = TrainingConfig.from_saved(run.config["training"])
     ids = run.vocabulary().encode(text_corpus.text)
-    total, count = Evaluator(run.load_model(which), config.seq_len, config.batch_size).score(ids)
+    model = run.load_model(which).with_precision(PRECISIONS[precision])
+    total, count = Evaluator(model, config.seq_len, config.batch_size).score(ids)
     nats = total / count
-    return {"bits_per_char": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "characters": count}
+    return {"bits_per_char": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "characters": count,
+            "precision": precision}

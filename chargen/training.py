@@ -7,7 +7,9 @@ Modes (see `recurrent.py` for what each does to the gradient):
     each step is a constant for the gradient, so each step trains the weights through itself alone.
 
 Adam with gradient clipping by global norm, its learning rate following `config.lr_schedule` toward the
-nearest limit; the loss is in nats, reported as bits per character.
+nearest limit; the loss is in nats, reported as bits per character. The model computes in the run's
+precision (its dtype policy); the logits, the loss and the optimizer stay float32 (see `make_optimizer`
+for float16's loss scaling).
 Nothing here prints and nothing here knows a run folder: progress bars, previews and checkpoints are
 callbacks the caller attaches (`sessions.py` wires them to a run).
 """
@@ -64,8 +66,16 @@ def sequence_nats(logits, targets):
 
 
 def make_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
+    """Adam, clipping by global norm; for float16 wrapped in Keras's dynamic loss scaling.
+
+    float16's smallest normal number is about 6e-5, so small gradients computed in it would round to zero:
+    the loss is scaled up before the backward pass (`scale_loss`), and the optimizer divides the gradients
+    by the same scale before Adam sees them, so Adam clips the true (unscaled) gradients; a step whose
+    gradients overflowed is skipped and the scale halved. Its `learning_rate` is Adam's.
+    """
     clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
-    return keras.optimizers.Adam(learning_rate=config.learning_rate, **clip)
+    adam = keras.optimizers.Adam(learning_rate=config.learning_rate, **clip)
+    return keras.optimizers.LossScaleOptimizer(adam) if config.precision == "float16" else adam
 
 
 def scheduled_learning_rate(config: TrainingConfig, fraction: float | None) -> float:
@@ -123,7 +133,7 @@ class Trainer:
         model: a built `CharModel`.
         config: the run's `TrainingConfig`.
         train_ids, val_ids: int32 arrays of character ids (val_ids may be empty).
-        optimizer: pass the restored one to resume; a new Adam otherwise.
+        optimizer: pass the restored one to resume; `make_optimizer(config)` otherwise.
         progress: pass the restored one to resume.
         carried_states: for a stateful run being resumed, the states at the interruption.
         callbacks: `Callback` instances, called in order.
@@ -158,9 +168,10 @@ class Trainer:
         self.stop_requested = False
         self.last_evaluated_step = None
         self.stopped_by = None  # after fit: "steps", "time" or "interrupt"
-        self.carried_states = carried_states if config.stateful else None
-        if config.stateful and self.carried_states is None:
-            self.carried_states = model.initial_states(config.batch_size)
+        self.carried_states = None
+        if config.stateful:  # states restored from a snapshot are float32; the layers carry their compute dtype
+            self.carried_states = model.initial_states(config.batch_size) if carried_states is None else [
+                [tf.cast(state, model.compute_dtype) for state in layer] for layer in carried_states]
         self.distribution = tf.distribute.get_strategy()  # the one whose scope the model was built in
         # XLA fuses the many small operations between the matrix products (see the README's Results).
         self._train_step = tf.function(self._distributed_step, reduce_retracing=True, jit_compile=xla)
@@ -196,8 +207,9 @@ class Trainer:
         with tf.GradientTape() as tape:
             logits, final_states = self.model(inputs, states=states, training=True, through_time=through_time)
             loss = sequence_nats(logits, targets) / tf.cast(tf.size(targets), logits.dtype)
-        gradients = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+            scaled_loss = self.optimizer.scale_loss(loss)  # the loss itself unless loss scaling is on (float16)
+        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
+        self.optimizer.apply(gradients, self.model.trainable_variables)
         return loss, final_states
 
     def fit(self) -> Progress:

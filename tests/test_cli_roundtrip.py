@@ -311,14 +311,20 @@ def _interrupted_at_step(step: int, monkeypatch) -> None:
     monkeypatch.setattr(chargen.cli, "_fit_until_interrupted", interrupted_fit)
 
 
-@pytest.mark.parametrize("stateful", [False, True], ids=["windows", "stateful"])
-def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, stateful, monkeypatch):
-    """Interrupted at step 4 of 8 and resumed: the same weights, optimizer, curve and learning-rate schedule."""
+@pytest.mark.parametrize(("stateful", "precision"), [(False, "float32"), (True, "float32"), (False, "float16"),
+                                                    (True, "bfloat16")],
+                         ids=["windows", "stateful", "windows-float16", "stateful-bfloat16"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, stateful, precision, monkeypatch):
+    """Interrupted at step 4 of 8 and resumed: the same weights, optimizer, curve and learning-rate schedule.
+
+    float16: the loss scale and its step counter are among the optimizer's variables saved and restored;
+    bfloat16 and stateful: the carried states, saved as float32, come back exactly.
+    """
     corpus = trained["corpus"]
-    flag = "--stateful" if stateful else "--no-stateful"
+    flag = ["--stateful" if stateful else "--no-stateful", "--precision", precision]
     split_dir, whole_dir = tmp_path / "split", tmp_path / "whole"
     _interrupted_at_step(4, monkeypatch)
-    first = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", split_dir,
+    first = run_cli("train", corpus, *TINY, *flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", split_dir,
                     "--run-name", "run")
     assert first.exit_code == 130, first.output
     monkeypatch.undo()
@@ -326,7 +332,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
     resumed = run_cli("train", corpus, "--resume", "--no-xla", "--quiet", "--checkpoint-dir", split_dir)
     assert resumed.exit_code == 0, resumed.output
     assert "from step 4" in resumed.stderr
-    whole = run_cli("train", corpus, *TINY, flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir,
+    whole = run_cli("train", corpus, *TINY, *flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir,
                     "--run-name", "run")
     assert whole.exit_code == 0, whole.output
 
@@ -349,6 +355,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
         np.testing.assert_allclose(resumed_weight, whole_weight, atol=1e-6, rtol=0)
     for resumed_slot, whole_slot in zip(_optimizer_state(split_run), _optimizer_state(whole_run), strict=True):
         np.testing.assert_allclose(resumed_slot, whole_slot, atol=1e-6, rtol=0)
+    if precision == "float16":  # the loss scale's own variables come first: its step counter saw all 8 steps
+        assert 8 in [int(slot) for slot in _optimizer_state(split_run) if slot.shape == () and slot.dtype.kind == "i"]
     # the resumed run's sampled text is the uninterrupted run's
     assert sample_text(split_run, 1, 30) == sample_text(whole_run, 1, 30)
 

@@ -74,6 +74,7 @@ def test_giving_one_stop_limit_on_resume_lifts_the_others():
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"mode": "teacher-forcing", "stateful": True}, "stateful"),
         ({"cell": "lstm", "reset_after": True}, "reset_after"),
+        ({"precision": "float64"}, "precision"),
     ],
 )
 def test_invalid_settings_name_the_option_and_the_value(overrides, named):
@@ -82,9 +83,10 @@ def test_invalid_settings_name_the_option_and_the_value(overrides, named):
 
 
 def test_a_run_saved_before_an_option_existed_keeps_its_behaviour_then():
-    older = {"reset_after", "lr_schedule"}
+    older = {"reset_after", "lr_schedule", "precision"}
     saved = {k: v for k, v in TrainingConfig(cell="gru").to_dict().items() if k not in older}
     restored = TrainingConfig.from_saved(saved)
     assert restored.reset_after is False
+    assert restored.precision == "float32"
     assert restored.lr_schedule == "constant"  # new runs default to cosine; older ones trained at a constant rate
     assert TrainingConfig.from_saved({**saved, "lr_schedule": "cosine"}).lr_schedule == "cosine"
