@@ -12,9 +12,9 @@ from chargen.vocab import Vocabulary
 
 
 def train(text: str, **overrides):
-    """Train a small model on `text`; returns (trainer, progress)."""
+    """Train a small model on `text` at a constant learning rate; returns (trainer, progress)."""
     settings = dict(cell="lstm", num_layers=1, units=32, embedding_dim=8, seq_len=32, batch_size=32,
-                    eval_every=0, learning_rate=1e-2, seed=0)
+                    eval_every=0, learning_rate=1e-2, lr_schedule="constant", seed=0)
     config = TrainingConfig(**{**settings, **overrides})
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
