@@ -31,6 +31,7 @@ from helpers import TINY, assert_user_error, run_cli, write_corpus
 LOWER = [pytest.param("bfloat16", id="bfloat16"), pytest.param("float16", id="float16")]
 UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11}
 MODES = [pytest.param(True, id="bptt"), pytest.param(False, id="teacher-forcing")]
+FLIPPED_SHARE = {"bfloat16": 0.1, "float16": 0.05}  # see the training step's test
 
 
 def dtype_name(tensor) -> str:
@@ -162,7 +163,7 @@ TEXT = "".join(np.random.default_rng(4).choice(list("abcdefgh \n"), 3000))
 
 
 def _trainer(precision: str, xla: bool = False, **overrides) -> Trainer:
-    settings = dict(cell="lstm", num_layers=2, units=16, embedding_dim=8, seq_len=20, batch_size=8, steps=1,
+    settings = dict(cell="lstm", num_layers=1, units=16, embedding_dim=8, seq_len=20, batch_size=8, steps=1,
                     eval_every=0, val_fraction=0.0, seed=5, precision=precision)
     config = TrainingConfig(**{**settings, **overrides})
     vocab = Vocabulary.from_text(TEXT)
@@ -199,12 +200,13 @@ def float32_step():
 @pytest.mark.parametrize("xla", [pytest.param(False, id="no-xla"), pytest.param(True, id="xla")])
 @pytest.mark.parametrize("precision", LOWER)
 def test_a_training_step_in_lower_precision_moves_the_weights_as_float32_does(precision, xla, float32_step):
-    """One step of a 2x16 LSTM from the same weights on the same batch, in float32 (without XLA) and lower.
+    """One step of a 1x16 LSTM from the same weights on the same batch, in float32 (without XLA) and lower.
 
-    Adam's first step moves each weight by about the learning rate times the sign of its gradient, so an entry
-    whose gradient is within rounding of zero may move either way: each weight matrix's change is compared as a
-    whole, ||change - float32's|| / ||float32's|| < 25 u (measured: about 9 u for bfloat16, 11 u for float16,
-    with or without XLA). The loss is float32's within a few roundings.
+    Adam's first step moves each weight by about the learning rate times the sign of its gradient, whatever the
+    gradient's size, so the changes differ where a gradient is within rounding of zero and its sign flips: by
+    2 x the learning rate there, a count of flips rather than a multiple of u. Each weight matrix's change is
+    compared as a whole, ||change - float32's|| / ||float32's||: below 0.1 for bfloat16 and 0.05 for float16
+    (measured at most 0.045 and 0.011, with or without XLA). The loss is float32's within a few roundings.
     """
     start, reference_losses, reference_changes = float32_step
     losses, changes = _train_from(_trainer(precision, xla=xla), start)
@@ -213,7 +215,7 @@ def test_a_training_step_in_lower_precision_moves_the_weights_as_float32_does(pr
         if not np.abs(expected).max():  # e.g. the embedding of a character the batch does not hold
             assert not np.abs(change).max(), index
             continue
-        assert np.linalg.norm(change - expected) / np.linalg.norm(expected) < 25 * UNIT_ROUNDOFF[precision], index
+        assert np.linalg.norm(change - expected) / np.linalg.norm(expected) < FLIPPED_SHARE[precision], index
 
 
 def test_float16_scales_the_loss_and_the_schedule_reaches_adam_inside():
