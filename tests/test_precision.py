@@ -229,6 +229,8 @@ def test_float16_scales_the_loss_and_the_schedule_reaches_adam_inside():
     third_rate = scheduled_learning_rate(trainer.config, 2 / 3)
     assert float(optimizer.inner_optimizer.learning_rate) == pytest.approx(third_rate)
     assert int(optimizer.inner_optimizer.iterations) == 3 and float(optimizer.dynamic_scale) == 2.0**15
+    floating = {dtype_name(v) for v in optimizer.variables} - {"int32", "int64"}
+    assert floating == {"float32"}  # Adam's slots, its learning rate and the loss scale
     for precision in ("float32", "bfloat16"):  # no loss scaling: bfloat16 has float32's range
         assert type(make_optimizer(TrainingConfig(precision=precision))) is keras.optimizers.Adam
 
