@@ -139,11 +139,19 @@ def test_bad_hyperparameter_is_one_line(tmp_path):
     assert_user_error(result, "stateful")
 
 
-def test_unknown_option_value_is_refused_by_click(tmp_path):
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("train", "--cell", "transformer"),
+    ("train", "--lr-schedule", "wobbly"),
+    ("train", "--precision", "int8"),
+    ("sample", "--precision", "int8"),
+    ("eval", "--precision", "int8"),
+])
+def test_unknown_option_value_is_refused_by_click(tmp_path, command, option, value):
     corpus = write_corpus(tmp_path / "words.txt")
-    result = run_cli("train", corpus, "--cell", "transformer")
+    arguments = {"train": [corpus], "sample": [], "eval": [tmp_path / "run", corpus]}[command]
+    result = run_cli(command, *arguments, option, value)
     assert result.exit_code == 2
-    assert "transformer" in result.output and "Traceback" not in result.output
+    assert value in result.output and option in result.output and "Traceback" not in result.output
 
 
 def test_device_gpu_without_a_gpu(tmp_path):
