@@ -148,7 +148,7 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
         click.echo(
             f"training {settings.cell} x{settings.num_layers}x{settings.units} ({settings.mode}"
             f"{'' if settings.precision == 'float32' else ', ' + settings.precision}) on "
-            f"{len(trainer.train_ids):,} characters, validating on {len(trainer.val_ids):,}; "
+            f"{len(trainer.train_ids):,} characters, validating on {_validation_size(trainer)}; "
             f"device {device_name}{'' if xla else ' (no XLA)'}; run {run_path}"
             + (f", from step {trainer.progress.step}" if resume else ""),
             err=True,
@@ -179,6 +179,12 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
         again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
         click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
         ctx.exit(INTERRUPTED)
+
+
+def _validation_size(trainer) -> str:
+    """"111,539", or "the first 20,000 of 111,539 (--val-chars)" when evaluations are capped."""
+    scored, whole = len(trainer.scored_val_ids), len(trainer.val_ids)
+    return f"{whole:,}" if scored == whole else f"the first {scored:,} of {whole:,} (--val-chars)"
 
 
 def _given(ctx: click.Context, name: str) -> bool:

@@ -121,6 +121,9 @@ TRAINING_OPTIONS = (
     _run_option("dropout", 0.0, float, "Dropout between layers."),
     _run_option("val_fraction", 0.1, float, "Tail of the text held out for validation."),
     _limit("eval_every", 500, int, "Steps between evaluations and saves (0: only at the end)."),
+    _run_option("val_chars", 20_000, int,
+                "Characters of the validation text each evaluation during training scores, from its start "
+                "(0: all); `chargen eval` scores all of it."),
     _run_option("seed", 0, int, "Seed for weights, window order and dropout."),
     _session("run_name", None, str, "Name of the run folder (default: cell, corpus and time)."),
     _session("checkpoint_dir", "checkpoints", Path, "Folder that holds the runs."),
@@ -139,7 +142,7 @@ STOP_LIMITS = ("steps", "epochs", "time_limit")  # training stops at whichever c
 
 
 # What a run saved before an option existed had, where that differs from the option's default.
-BEFORE_THE_OPTION_EXISTED = {"lr_schedule": "constant"}
+BEFORE_THE_OPTION_EXISTED = {"lr_schedule": "constant", "val_chars": 0}
 
 
 def _field(name: str):
@@ -173,6 +176,7 @@ class TrainingConfig:
     dropout: float = _field("dropout")  # between layers, while training
     val_fraction: float = _field("val_fraction")
     eval_every: int = _field("eval_every")  # 0: only at the end
+    val_chars: int = _field("val_chars")  # 0: evaluations during training score the whole validation text
     seed: int = _field("seed")
 
     def __post_init__(self):
@@ -220,6 +224,7 @@ def validate(config: TrainingConfig) -> None:
         (config.time_limit is None or config.time_limit > 0, "time_limit must be positive", "time_limit"),
         (0.0 <= config.val_fraction < 1.0, "val_fraction must be in [0, 1)", "val_fraction"),
         (config.eval_every >= 0, "eval_every must be 0 (only at the end) or positive", "eval_every"),
+        (config.val_chars == 0 or config.val_chars >= 2, "val_chars must be 0 (all) or at least 2", "val_chars"),
     ]
     for ok, rule, name in checks:
         if not ok:

@@ -132,7 +132,8 @@ class Trainer:
     Args:
         model: a built `CharModel`.
         config: the run's `TrainingConfig`.
-        train_ids, val_ids: int32 arrays of character ids (val_ids may be empty).
+        train_ids, val_ids: int32 arrays of character ids (val_ids may be empty); evaluations score
+            `scored_val_ids`, the first `config.val_chars` of val_ids (all when 0).
         optimizer: pass the restored one to resume; `make_optimizer(config)` otherwise.
         progress: pass the restored one to resume.
         carried_states: for a stateful run being resumed, the states at the interruption.
@@ -160,6 +161,9 @@ class Trainer:
     ):
         self.model, self.config, self.vocab = model, config, vocab
         self.train_ids, self.val_ids = train_ids, val_ids
+        # An evaluation costs a forward pass over what it scores: capped, it stays a small part of a step
+        # budget whatever the corpus's size.
+        self.scored_val_ids = val_ids[:config.val_chars] if config.val_chars else val_ids
         self.optimizer = optimizer or make_optimizer(config)
         if not self.optimizer.built:
             self.optimizer.build(model.trainable_variables)
@@ -279,10 +283,10 @@ class Trainer:
         return progress
 
     def run_evaluation(self, logs: dict) -> None:
-        """Evaluate on the validation text (if any), update the progress and tell the callbacks."""
+        """Evaluate on the scored validation text (if any), update the progress and tell the callbacks."""
         progress = self.progress
-        if len(self.val_ids) >= 2:
-            val_loss = self._evaluator(self.val_ids)
+        if len(self.scored_val_ids) >= 2:
+            val_loss = self._evaluator(self.scored_val_ids)
             val_bpc = val_loss / LN2
             best = progress.best_val_bpc is None or val_bpc < progress.best_val_bpc
             progress.last_val_bpc = val_bpc

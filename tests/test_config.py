@@ -75,6 +75,8 @@ def test_giving_one_stop_limit_on_resume_lifts_the_others():
         ({"mode": "teacher-forcing", "stateful": True}, "stateful"),
         ({"cell": "lstm", "reset_after": True}, "reset_after"),
         ({"precision": "float64"}, "precision"),
+        ({"val_chars": 1}, "val_chars"),
+        ({"val_chars": -5}, "val_chars"),
     ],
 )
 def test_invalid_settings_name_the_option_and_the_value(overrides, named):
@@ -83,10 +85,11 @@ def test_invalid_settings_name_the_option_and_the_value(overrides, named):
 
 
 def test_a_run_saved_before_an_option_existed_keeps_its_behaviour_then():
-    older = {"reset_after", "lr_schedule", "precision"}
+    older = {"reset_after", "lr_schedule", "precision", "val_chars"}
     saved = {k: v for k, v in TrainingConfig(cell="gru").to_dict().items() if k not in older}
     restored = TrainingConfig.from_saved(saved)
     assert restored.reset_after is False
     assert restored.precision == "float32"
     assert restored.lr_schedule == "constant"  # new runs default to cosine; older ones trained at a constant rate
     assert TrainingConfig.from_saved({**saved, "lr_schedule": "cosine"}).lr_schedule == "cosine"
+    assert restored.val_chars == 0  # older runs evaluated on the whole validation text

@@ -7,7 +7,7 @@ import pytest
 
 from chargen import corpus, synthetic
 from chargen.config import TrainingConfig
-from chargen.training import Callback, Trainer, build_model, scheduled_learning_rate
+from chargen.training import Callback, Evaluator, Trainer, build_model, scheduled_learning_rate
 from chargen.vocab import Vocabulary
 
 
@@ -134,6 +134,16 @@ def test_stop_request_ends_training_and_is_reported():
     progress = trainer.fit()
     assert progress.step == 2 and trainer.stopped_by == "interrupt"
     assert progress.last_val_bpc is not None  # the end of training always evaluates
+
+
+def test_evaluations_during_training_score_the_first_val_chars_of_the_validation_text():
+    text = "".join(np.random.default_rng(3).choice(list("abcdefgh"), 4000))
+    trainer, progress = train(text, num_layers=1, units=8, seq_len=16, batch_size=4, steps=2, val_chars=150)
+    assert len(trainer.val_ids) == 400 and len(trainer.scored_val_ids) == 150
+    capped = Evaluator(trainer.model, 16, 4)(trainer.val_ids[:150]) / math.log(2)
+    whole = Evaluator(trainer.model, 16, 4)(trainer.val_ids) / math.log(2)
+    assert progress.last_val_bpc == pytest.approx(capped, abs=1e-6)
+    assert abs(capped - whole) > 1e-4  # the cap changed what was scored
 
 
 @pytest.mark.parametrize(("cell", "mode", "fused", "layers"), [
