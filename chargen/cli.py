@@ -123,9 +123,10 @@ def _training_options(command):
 @click.argument("corpus_paths", metavar="CORPUS...", nargs=-1, required=True)
 @_training_options
 @click.pass_context
-def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encoding_errors, device, xla, preview_length,
-          quiet, **options):
+def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_checkpoint, new_chars, encoding,
+          encoding_errors, device, xla, preview_length, quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
+    _check_init_options(ctx, resume, init_from)
     text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import checkpoints, sessions
@@ -139,6 +140,14 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
             given = {name: value for name, value in options.items() if _given(ctx, name)}
             trainer = sessions.resume_session(text_corpus, run, given, callbacks, xla=xla)
             run_path = run.path
+        elif init_from:
+            parent = checkpoints.resolve_run(init_from, Path(checkpoint_dir))
+            given = {name: value for name, value in options.items() if _given(ctx, name)}
+            cell = parent.config["training"].get("cell", "run")
+            name = run_name or f"{cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
+            run_path = Path(checkpoint_dir) / name
+            trainer, parent_record = sessions.finetune_session(text_corpus, parent, init_checkpoint, options, given,
+                                                               new_chars, run_path, callbacks, xla=xla)
         else:
             settings = config.TrainingConfig(**options)
             name = run_name or f"{settings.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -153,6 +162,8 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
             + (f", from step {trainer.progress.step}" if resume else ""),
             err=True,
         )
+        if init_from and not resume:
+            click.echo(_fine_tuning_line(parent_record), err=True)
         limit = trainer.step_limit()
         if resume and limit is not None and trainer.progress.step >= limit:
             click.echo(f"the run already reached step {trainer.progress.step}, its limit; pass a larger --steps "
@@ -179,6 +190,29 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, encoding, encodin
         again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
         click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
         ctx.exit(INTERRUPTED)
+
+
+def _check_init_options(ctx: click.Context, resume: bool, init_from: str | None) -> None:
+    """--init-from starts a new run, so it cannot go with --resume; its companions need it."""
+    if resume and init_from:
+        raise ChargenError("--init-from starts a new run and --resume continues one; give one of them "
+                           "(a fine-tuned run resumes with --resume alone)")
+    for name in ("init_checkpoint", "new_chars"):
+        if _given(ctx, name) and not init_from:
+            raise ChargenError(f"{config.OPTIONS[name].flag_name} applies to fine-tuning only; "
+                               "add --init-from RUN or leave it out")
+
+
+def _fine_tuning_line(parent: dict) -> str:
+    """"starting from RUN (best snapshot, step 400)", and what --new-chars did."""
+    line = f"starting from {parent['run']} ({parent['snapshot']} snapshot, step {parent['step']:,})"
+    missing = parent["missing_chars"]
+    if parent["new_chars"] == "drop" and missing:
+        line += (f"; dropped {parent['dropped_occurrences']:,} occurrence(s) of {len(missing)} character(s) "
+                 f"not in its vocabulary: {missing[:20]!r}")
+    elif parent["new_chars"] == "grow" and missing:
+        line += f"; grew its vocabulary by {len(missing)} character(s): {missing[:20]!r}"
+    return line
 
 
 def _validation_size(trainer) -> str:
@@ -287,7 +321,7 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
             click.echo(text)
 
 
-# eval, info ---------------------------------------------------------------------------------------
+# eval, score, info --------------------------------------------------------------------------------
 
 @cli.command(name="eval")
 @click.argument("run")
@@ -316,6 +350,44 @@ def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors
 
 
 @cli.command()
+@click.argument("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write a page colouring each character by its surprisal to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as one JSON object (every character's too).")
+@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which saved model of the run.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["encoding"])
+@_click_option(config.OPTIONS["encoding_errors"])
+def score(run, file, html_path, as_json, which, checkpoint_dir, encoding, encoding_errors):
+    """Surprisal of each character of FILE under RUN's model, in bits, and the text's bits per character."""
+    text = _corpus([file], encoding, encoding_errors).text
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
+    from chargen import checkpoints, scoring
+    from chargen.atomic import atomic_write_text
+
+    the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
+    scored = scoring.score_text(the_run.load_model(which), the_run.vocabulary(), text)
+    if html_path is not None:
+        page = scoring.to_html(scored, f"{Path(file).name} under {the_run.name} ({which} model)")
+        try:
+            atomic_write_text(Path(html_path), page)
+        except OSError as error:
+            raise ChargenError(f"cannot write --html {html_path} ({error.strerror}); choose a writable path") from None
+        click.echo(f"wrote {html_path}", err=True)
+    if as_json:
+        click.echo(json.dumps({"run": str(the_run.path), "checkpoint": which, **scored.to_dict()}))
+        return
+    click.echo(f"{scored.bits_per_char:.4f} bits per character, perplexity {scored.perplexity:.3f} over "
+               f"{scored.characters:,} characters ({the_run.name}, {which} model; the first character "
+               + ("scored after a newline prime)" if scored.first_scored else "unscored: no newline to prime with)"))
+    click.echo("most surprising:")
+    for index, bits, context in scoring.most_surprising(scored):
+        click.echo(f"  {bits:6.2f} bits  {text[index]!r} at {index:,}, in {context!r}")
+
+
+@cli.command()
 @click.argument("run", required=False)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -333,6 +405,8 @@ def info(run, checkpoint_dir, as_json):
     click.echo(f"model        {cell}, {details['layers']} layer(s) of {details['units']} units, "
                f"embedding {details['embedding_dim']}, {details['parameters']:,} parameters")
     click.echo(f"vocabulary   {details['vocab_size']} characters")
+    if details["parent"]:
+        click.echo(f"fine-tuned   {_fine_tuning_line(details['parent']).removeprefix('starting ')}")
     click.echo(f"training     {details['mode']}, {details['steps']:,} steps, "
                f"{details['chars_seen']:,} characters seen")
     click.echo(f"precision    {details['precision']}" + ("" if details["precision"] == "float32" else
@@ -343,6 +417,34 @@ def info(run, checkpoint_dir, as_json):
     click.echo("weights")
     for weight in details["weights"]:
         click.echo(f"  {weight['name']:<28} {' x '.join(map(str, weight['shape']))}")
+
+
+# export -----------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("run")
+@click.option("--output", type=click.Path(file_okay=False), help="Folder to write [default: RUN/export].")
+@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which saved model of the run.")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert"]), default="savedmodel", show_default=True,
+              help="litert also converts the step to a LiteRT (TensorFlow Lite) file, step.tflite.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --output folder.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+def export(run, output, which, fmt, force, checkpoint_dir):
+    """Write RUN's model as a TensorFlow SavedModel with `step` and `generate` signatures, for serving."""
+    from chargen.checkpoints import resolve_run
+
+    the_run = resolve_run(run, Path(checkpoint_dir))
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
+    from chargen.export import export_run
+
+    exported = export_run(the_run, Path(output) if output else None, which, fmt, force)
+    click.echo(f"exported {the_run.name} ({which} model) to {exported.path}")
+    for name, (inputs, outputs) in exported.signatures.items():
+        click.echo(f"  {name}({', '.join(inputs)})")
+        click.echo(f"    -> {', '.join(outputs)}")
+    if exported.litert is not None:
+        click.echo(f"LiteRT step: {exported.litert}")
 
 
 # samplers, corpus ---------------------------------------------------------------------------------

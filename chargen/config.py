@@ -10,6 +10,7 @@ Three kinds of option:
   - a run option is part of the run (saved in config.json, fixed once training starts);
   - a limit is part of the run too, but `--resume` may change it (how long to train, how often to evaluate);
   - a session option is a setting of this command only (where to train, how to report), never saved.
+    `--init-from` is one too: it chooses how a new run starts, and the run records its parent in config.json.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ MODES = ("bptt", "teacher-forcing")
 DEVICES = ("auto", "cpu", "gpu")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 LR_SCHEDULES = ("cosine", "constant")
+NEW_CHARS = ("error", "drop", "grow")  # --new-chars: a fine-tuned run's characters its parent lacks
+SNAPSHOT_CHOICES = ("best", "last")
+# What a fine-tuned run (--init-from) takes from its parent: the model's shape and arithmetic.
+ARCHITECTURE = ("cell", "reset_after", "num_layers", "units", "embedding_dim", "precision")
 LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of --learning-rate
 # --precision NAME -> the Keras dtype policy of the recurrent layers: float32 variables, computing in NAME.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -128,6 +133,14 @@ TRAINING_OPTIONS = (
     _session("run_name", None, str, "Name of the run folder (default: cell, corpus and time)."),
     _session("checkpoint_dir", "checkpoints", Path, "Folder that holds the runs."),
     _session("resume", False, bool, "Continue --run-name (or the newest run) where it stopped.", negatable=False),
+    _session("init_from", None, str,
+             "Start a new run from this run's weights and vocabulary (fine-tuning); the model options are its.",
+             metavar="RUN"),
+    _session("init_checkpoint", "best", str, "Which snapshot of the --init-from run to start from.",
+             choices=SNAPSHOT_CHOICES),
+    _session("new_chars", "error", str,
+             "--init-from: characters its vocabulary lacks are an error (listed), dropped from the text, "
+             "or grown into the vocabulary (new rows initialised fresh, old rows kept).", choices=NEW_CHARS),
     _session("encoding", "utf-8", str, "Text encoding of the corpus files."),
     _session("encoding_errors", "strict", str,
              "What to do with bytes that do not decode: strict (stop), replace or ignore.", choices=ENCODING_ERRORS),

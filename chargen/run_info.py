@@ -56,5 +56,6 @@ def describe_run(run: Run) -> dict:
         "weights": weights,
         "training": config.to_dict(),
         "corpus": saved.get("corpus"),
+        "parent": saved.get("parent"),  # the run it was fine-tuned from, if any
         "versions": saved.get("versions"),
     }

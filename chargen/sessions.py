@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from chargen import corpus
+from chargen import corpus, finetune
 from chargen.checkpoints import Run
 from chargen.config import OPTIONS, PRECISIONS, RESUMABLE, STOP_LIMITS, TrainingConfig
 from chargen.errors import ChargenError
@@ -41,7 +41,7 @@ class SaveCheckpoints(Callback):
             self._save(trainer, best=False)
 
     def _save(self, trainer: Trainer, best: bool) -> None:
-        states = trainer.carried_states if trainer.config.stateful else None
+        states = trainer.batch_states()  # on every worker: gathering them from the replicas is collective
         progress = dataclasses.asdict(trainer.progress)
         self.run.save_snapshot(trainer.model, trainer.optimizer, progress, states, best=best)
         self.saved_step = trainer.progress.step
@@ -66,16 +66,46 @@ def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Pa
     """
     vocab = Vocabulary.from_text(text_corpus.text)
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
-    run = Run.create(run_path, {
+    run = Run.create(run_path, run_record(text_corpus, config, vocab), vocab)
+    model = build_model(config, len(vocab))
+    return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab,
+                   xla=xla)
+
+
+def run_record(text_corpus: corpus.Corpus, config: TrainingConfig, vocab: Vocabulary) -> dict:
+    """What a new run's config.json holds."""
+    return {
         "training": config.to_dict(),
         "corpus": {"sources": [list(source) for source in text_corpus.sources],
                    "characters": len(text_corpus.text), "bytes": text_corpus.num_bytes, "sha256": text_corpus.sha256},
         "vocab_size": len(vocab),
         "versions": versions(),
-    }, vocab)
-    model = build_model(config, len(vocab))
-    return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab,
-                   xla=xla)
+    }
+
+
+def finetune_session(text_corpus: corpus.Corpus, parent: Run, which: str, options: dict, given: dict,
+                     new_chars: str, run_path: Path, callbacks=(), xla: bool = True) -> tuple[Trainer, dict]:
+    """A trainer for a new run on `text_corpus` starting from `parent`'s `which` snapshot (see `finetune.py`),
+    and the parent record written into its config.json.
+
+    `options` are the run options of this command, `given` those the user gave explicitly (a model option
+    given must equal the parent's); `new_chars` says what to do with characters the parent lacks.
+    """
+    config = finetune.inherited_config(TrainingConfig.from_saved(parent.config["training"]), options, given,
+                                       parent.name)
+    parent_vocab = parent.vocabulary()
+    adapted = finetune.adapt_text(text_corpus.text, parent_vocab, new_chars, parent.name)
+    train_ids, val_ids = encode_and_split(dataclasses.replace(text_corpus, text=adapted.text), adapted.vocab, config)
+    parent_model = parent.load_model(which)
+    snapshot = parent.snapshot_path(which)
+    record = finetune.parent_record(parent.path.resolve(), which, snapshot.name, parent.load_progress(which)["step"],
+                                    new_chars, adapted)
+    model = build_model(config, len(adapted.vocab))
+    finetune.transplant_weights(parent_model, model, parent_vocab, adapted.vocab)
+    run = Run.create(run_path, {**run_record(text_corpus, config, adapted.vocab), "parent": record}, adapted.vocab)
+    trainer = Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)],
+                      vocab=adapted.vocab, xla=xla)
+    return trainer, record
 
 
 def resume_session(text_corpus: corpus.Corpus, run: Run, given: dict, callbacks=(), xla: bool = True) -> Trainer:
@@ -98,6 +128,8 @@ def resume_session(text_corpus: corpus.Corpus, run: Run, given: dict, callbacks=
     recorded = TrainingConfig.from_saved(saved["training"])
     config = dataclasses.replace(recorded, **resumed_limits(recorded, given))
     vocab = run.vocabulary()
+    if saved.get("parent", {}).get("new_chars") == "drop":  # a fine-tuned run that dropped them drops them again
+        text_corpus = dataclasses.replace(text_corpus, text=finetune.drop_unknown(text_corpus.text, vocab))
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
     model = run.load_model("last")
     optimizer = make_optimizer(config)
