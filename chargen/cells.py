@@ -12,7 +12,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from chargen.config import CELL_KINDS
+from chargen.config import ACTIVATIONS, CELL_KINDS
+
+# The SimpleRNN's choices of activation (`--activation`), by the names `config.ACTIVATIONS` gives them.
+_ACTIVATION_FUNCTIONS = {"tanh": ops.tanh, "sigmoid": ops.sigmoid, "relu": ops.relu}
 
 
 class _Cell(keras.layers.Layer):
@@ -82,10 +85,13 @@ class _Cell(keras.layers.Layer):
 class SimpleRNNCell(_Cell):
     """Elman's recurrent cell.
 
-    h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h); the output is h_t.
+    h_t = act(W_xh x_t + W_hh h_{t-1} + b_h); the output is h_t. act is tanh by default, or sigmoid or
+    relu, so that "why tanh" can be tried: sigmoid's outputs are all positive and its slope is at most 1/4,
+    relu's outputs are unbounded.
 
     Args:
         units: size of the hidden state h.
+        activation: "tanh", "sigmoid" or "relu" (`config.ACTIVATIONS`).
         kernel_initializer, recurrent_initializer, bias_initializer: for W_xh, W_hh and b_h.
 
     Call arguments:
@@ -102,12 +108,21 @@ class SimpleRNNCell(_Cell):
     kind = "rnn"
     gate_names = CELL_KINDS[kind].gate_names
 
+    def __init__(self, units: int, activation: str = "tanh", **kwargs):
+        super().__init__(units, **kwargs)
+        if activation not in _ACTIVATION_FUNCTIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}. Received: activation={activation!r}")
+        self.activation = activation
+
     def call(self, inputs, states, training=False):
         (h_prev,) = states
-        h = ops.tanh(  # (batch, units)
+        h = _ACTIVATION_FUNCTIONS[self.activation](  # (batch, units)
             ops.matmul(inputs, self.input_kernel) + ops.matmul(h_prev, self.recurrent_kernel) + self.bias
         )
         return h, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
 
 
 @keras.saving.register_keras_serializable(package="chargen")
@@ -239,10 +254,11 @@ class LSTMCell(_Cell):
 CELLS = {cell.kind: cell for cell in (SimpleRNNCell, GRUCell, LSTMCell)}
 
 
-def make_cell(kind: str, units: int, reset_after: bool = False, **kwargs) -> _Cell:
+def make_cell(kind: str, units: int, reset_after: bool = False, activation: str = "tanh", **kwargs) -> _Cell:
     """The cell named `kind` (a key of `config.CELL_KINDS`): the one lookup the rest of chargen uses.
 
-    `reset_after` chooses the GRU's candidate form; it is refused for the other cells.
+    `reset_after` chooses the GRU's candidate form; it is refused for the other cells. `activation` is the
+    SimpleRNN's; the gated cells keep their sigmoid gates and tanh candidate, so only "tanh" is accepted there.
     """
     try:
         cell_class = CELLS[kind]
@@ -250,4 +266,9 @@ def make_cell(kind: str, units: int, reset_after: bool = False, **kwargs) -> _Ce
         raise ValueError(f"unknown cell {kind!r}; choose one of {', '.join(CELLS)}. Received: kind={kind!r}") from None
     if reset_after and cell_class is not GRUCell:
         raise ValueError(f"reset_after applies to the GRU only. Received: kind={kind!r}, reset_after=True")
+    if cell_class is SimpleRNNCell:
+        kwargs["activation"] = activation
+    elif activation != "tanh":
+        raise ValueError(f"activation applies to the SimpleRNN only. "
+                         f"Received: kind={kind!r}, activation={activation!r}")
     return cell_class(units, reset_after=True, **kwargs) if reset_after else cell_class(units, **kwargs)

@@ -86,15 +86,21 @@ def _corpus(paths, encoding, encoding_errors):
     return corpus.resolve_corpus(list(paths), encoding=encoding, errors=encoding_errors)
 
 
-def _use_device(device: str):
-    """A `tf.distribute` strategy on the chosen device: one device now, more later without a rewrite."""
-    import tensorflow as tf
+def _encoded_corpus(paths, encoding, encoding_errors):
+    """The corpus's ids from the encoded cache (see `encoded.py`), encoded first if needed, and a line saying which."""
+    import time
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise ChargenError("--device gpu was given but TensorFlow sees no GPU here; use --device cpu or auto")
-    name = gpus[0].name if gpus and device in ("auto", "gpu") else "/cpu:0"
-    return tf.distribute.OneDeviceStrategy(name), name
+    from chargen import encoded
+
+    started = time.perf_counter()
+    prepared = encoded.encode(_corpus(paths, encoding, encoding_errors))
+    seconds = time.perf_counter() - started
+    where = f"{prepared.path} ({prepared.num_chars:,} characters, {len(prepared.vocab)} in the vocabulary, " \
+            f"{prepared.ids.dtype.itemsize} byte(s) a character)"
+    if prepared.reused:
+        return prepared, f"using the encoded cache {where}"
+    return prepared, (f"encoded {prepared.num_bytes / 1e6:,.1f} MB in {seconds:.2f} s "
+                      f"({prepared.num_bytes / 1e6 / max(seconds, 1e-9):,.0f} MB/s) into {where}")
 
 
 # train ------------------------------------------------------------------------------------------
@@ -124,21 +130,24 @@ def _training_options(command):
 @_training_options
 @click.pass_context
 def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_checkpoint, new_chars, encoding,
-          encoding_errors, device, xla, preview_length, quiet, **options):
+          encoding_errors, device, devices, xla, preview_length, histograms, quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
     _check_init_options(ctx, resume, init_from)
-    text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
+    text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
+    if not quiet:
+        click.echo(cache_line, err=True)
     _load_tensorflow(ctx.meta["chargen.debug"])
-    from chargen import checkpoints, sessions
+    from chargen import checkpoints, distribution, sessions
     from chargen.reporting import Preview, ProgressBar
 
     callbacks = [] if quiet else [ProgressBar(), *([Preview(preview_length)] if preview_length > 0 else [])]
-    strategy, device_name = _use_device(device)
-    with strategy.scope():
+    placement = distribution.choose_placement(device, devices)
+    with placement.strategy.scope():
         if resume:
             run = checkpoints.resolve_run(run_name, Path(checkpoint_dir))
             given = {name: value for name, value in options.items() if _given(ctx, name)}
-            trainer = sessions.resume_session(text_corpus, run, given, callbacks, xla=xla)
+            logs = _tensorboard(run.path, placement, histograms, preview_length)
+            trainer = sessions.resume_session(text_corpus, run, given, [*callbacks, *logs], xla=xla)
             run_path = run.path
         elif init_from:
             parent = checkpoints.resolve_run(init_from, Path(checkpoint_dir))
@@ -146,19 +155,21 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
             cell = parent.config["training"].get("cell", "run")
             name = run_name or f"{cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
             run_path = Path(checkpoint_dir) / name
+            logs = _tensorboard(run_path, placement, histograms, preview_length)
             trainer, parent_record = sessions.finetune_session(text_corpus, parent, init_checkpoint, options, given,
-                                                               new_chars, run_path, callbacks, xla=xla)
+                                                               new_chars, run_path, [*callbacks, *logs], xla=xla)
         else:
             settings = config.TrainingConfig(**options)
             name = run_name or f"{settings.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
             run_path = Path(checkpoint_dir) / name
-            trainer = sessions.new_session(text_corpus, settings, run_path, callbacks, xla=xla)
+            logs = _tensorboard(run_path, placement, histograms, preview_length)
+            trainer = sessions.new_session(text_corpus, settings, run_path, [*callbacks, *logs], xla=xla)
         settings = trainer.config
         click.echo(
             f"training {settings.cell} x{settings.num_layers}x{settings.units} ({settings.mode}"
             f"{'' if settings.precision == 'float32' else ', ' + settings.precision}) on "
             f"{len(trainer.train_ids):,} characters, validating on {_validation_size(trainer)}; "
-            f"device {device_name}{'' if xla else ' (no XLA)'}; run {run_path}"
+            f"{placement.description}{'' if xla else ' (no XLA)'}; run {run_path}"
             + (f", from step {trainer.progress.step}" if resume else ""),
             err=True,
         )
@@ -171,7 +182,8 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
             stopped = "steps"
         else:
             try:
-                stopped = _fit_until_interrupted(trainer)
+                with distribution.stop_on_peer_failure(lambda: trainer.progress.step):
+                    stopped = _fit_until_interrupted(trainer)
             except BaseException:
                 if not resume:
                     checkpoints.discard_unsaved_run(run_path)
@@ -182,7 +194,10 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         summary += (f": validation {progress.last_val_bpc:.3f} bits per character "
                     f"(best {progress.best_val_bpc:.3f})")
     click.echo(summary)
-    click.echo(f"run saved in {run_path}; sample it with: chargen sample {run_path}")
+    if placement.chief:
+        click.echo(f"run saved in {run_path}; sample it with: chargen sample {run_path}")
+    else:
+        click.echo(f"the chief saved the run in {run_path} (on its machine)")
     if stopped == "interrupt":
         again = ["chargen", "train", *corpus_paths, "--resume", "--run-name", run_path.name,
                  "--checkpoint-dir", str(checkpoint_dir)]
@@ -190,6 +205,13 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
         click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
         ctx.exit(INTERRUPTED)
+
+
+def _tensorboard(run_path: Path, placement, histograms: bool, preview_length: int) -> list:
+    """The callback writing the run's TensorBoard event files, on the chief alone (which writes the run)."""
+    from chargen.tensorboard import TensorBoardLogs
+
+    return [TensorBoardLogs(run_path, histograms=histograms, preview_length=preview_length)] if placement.chief else []
 
 
 def _check_init_options(ctx: click.Context, resume: bool, init_from: str | None) -> None:
@@ -243,6 +265,20 @@ def _fit_until_interrupted(trainer) -> str:
     finally:
         signal.signal(signal.SIGINT, previous)
     return trainer.stopped_by
+
+
+@cli.command()
+@click.argument("corpus_paths", metavar="CORPUS...", nargs=-1, required=True)
+@_click_option(config.OPTIONS["encoding"])
+@_click_option(config.OPTIONS["encoding_errors"])
+def prepare(corpus_paths, encoding, encoding_errors):
+    """Encode CORPUS into the encoded cache now, so that `chargen train` on it starts at once."""
+    from chargen import encoded
+
+    prepared, line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
+    click.echo(line)
+    click.echo(f"sha256 {prepared.sha256} of {prepared.num_bytes:,} bytes from {len(prepared.sources)} source(s); "
+               f"cache folder {encoded.cache_folder()} (${encoded.CACHE_VARIABLE})")
 
 
 # sample -----------------------------------------------------------------------------------------
@@ -335,7 +371,7 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors, precision, as_json):
     """Bits per character and perplexity of RUN's model on CORPUS."""
-    text_corpus = _corpus(corpus_paths, encoding, encoding_errors)
+    text_corpus, _ = _encoded_corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints, sessions
 
@@ -402,6 +438,7 @@ def info(run, checkpoint_dir, as_json):
         return
     click.echo(f"run          {details['run']}")
     cell = details["cell"] + (" (reset after)" if details["reset_after"] else "")
+    cell += f" ({details['activation']})" if details["cell"] == "rnn" else ""
     click.echo(f"model        {cell}, {details['layers']} layer(s) of {details['units']} units, "
                f"embedding {details['embedding_dim']}, {details['parameters']:,} parameters")
     click.echo(f"vocabulary   {details['vocab_size']} characters")
@@ -417,6 +454,73 @@ def info(run, checkpoint_dir, as_json):
     click.echo("weights")
     for weight in details["weights"]:
         click.echo(f"  {weight['name']:<28} {' x '.join(map(str, weight['shape']))}")
+
+
+# gradients --------------------------------------------------------------------------------------
+
+_FRESH_MODEL_OPTIONS = ("cell", "activation", "num_layers", "units", "embedding_dim", "seed")
+
+
+@cli.command()
+@click.argument("run", required=False)
+@click.option("--text", "text_path", default="builtin:python-docs", show_default=True,
+              help="Where the windows come from: a file, a folder or builtin:python-docs.")
+@click.option("--window", type=int, default=50, show_default=True, help="Characters per window: k runs up to it.")
+@click.option("--windows", "count", type=int, default=32, show_default=True, help="Windows averaged over.")
+@click.option("--mode", type=click.Choice(config.MODES), help="How the gradient flows [default: the run's, or bptt].")
+@_click_option(config.OPTIONS["cell"])
+@_click_option(config.OPTIONS["activation"])
+@_click_option(config.OPTIONS["num_layers"])
+@_click_option(config.OPTIONS["units"])
+@_click_option(config.OPTIONS["embedding_dim"])
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for a fresh model's weights and for choosing the windows.")
+@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which saved model of RUN.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw the norms against k, one curve per layer, into this PNG (needs chargen[plot]).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def gradients(ctx, run, text_path, window, count, mode, cell, activation, num_layers, units, embedding_dim, seed,
+              which, checkpoint_dir, plot_path, as_json):
+    """How far back the gradient reaches: |dL/dh| at k steps before a window's last step, per layer.
+
+    Measured on RUN's model, or with no RUN on a fresh, untrained model made from --cell, --units, ...
+    """
+    if run is not None:
+        given = [config.OPTIONS[name].flag_name for name in _FRESH_MODEL_OPTIONS[:-1] if _given(ctx, name)]
+        if given:
+            raise ChargenError(f"a run has its own model; {', '.join(given)} describe a fresh one: leave them out "
+                               f"or leave out the run. Received: {run}")
+    text = _corpus([text_path], "utf-8", "strict").text
+    _load_tensorflow(ctx.meta["chargen.debug"])
+    from chargen import checkpoints
+    from chargen import gradients as measuring
+    from chargen.vocab import Vocabulary
+
+    if run is not None:
+        the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
+        settings = config.TrainingConfig.from_saved(the_run.config["training"])
+        model, vocab, name = the_run.load_model(which), the_run.vocabulary(), f"run {the_run.name} ({which} model)"
+        mode = mode or settings.mode
+    else:
+        settings = config.TrainingConfig(cell=cell, activation=activation, num_layers=num_layers, units=units,
+                                         embedding_dim=embedding_dim)
+        vocab = Vocabulary.from_text(text)
+        model = measuring.fresh_model(len(vocab), seed, **{**settings.model_arguments(), "dtype": "float32"})
+        name = f"fresh {cell} x{num_layers}x{units}"
+        mode = mode or "bptt"
+    windows = measuring.sample_windows(vocab.encode(text), window, count, seed)
+    report = measuring.GradientReport(
+        model=name + (f" ({settings.activation})" if settings.cell == "rnn" else ""), cell=settings.cell,
+        activation=settings.activation, mode=mode, windows=len(windows), window=window,
+        text=Path(text_path).name if not text_path.startswith("builtin:") else text_path,
+        layers=measuring.measure(model, windows, through_time=mode == "bptt"))
+    if plot_path is not None:
+        measuring.plot(report, Path(plot_path))
+        click.echo(f"wrote {plot_path}", err=True)
+    click.echo(json.dumps(report.to_dict()) if as_json else measuring.format_table(report))
 
 
 # export -----------------------------------------------------------------------------------------
@@ -445,6 +549,27 @@ def export(run, output, which, fmt, force, checkpoint_dir):
         click.echo(f"    -> {', '.join(outputs)}")
     if exported.litert is not None:
         click.echo(f"LiteRT step: {exported.litert}")
+
+
+# plot -------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True)
+@click.option("--output", default="plot.png", show_default=True, type=click.Path(dir_okay=False),
+              help="The PNG file to write.")
+@click.option("--x", "x_axis", type=click.Choice(["step", "time"]), default="step", show_default=True,
+              help="Horizontal axis: optimizer steps, or training time (over all sessions of a run).")
+@click.option("--width", type=int, default=1200, show_default=True, help="Picture width in pixels.")
+@click.option("--height", type=int, default=450, show_default=True, help="Picture height in pixels.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+def plot(runs, output, x_axis, width, height, checkpoint_dir):
+    """Draw RUNs' training and validation bits per character into one PNG (needs `pip install 'chargen[plot]'`)."""
+    from chargen.checkpoints import resolve_run
+    from chargen.plotting import plot_runs
+
+    resolved = [resolve_run(run, Path(checkpoint_dir)) for run in runs]
+    written = plot_runs(resolved, Path(output), x_axis, width, height)
+    click.echo(f"wrote {written}: {len(resolved)} run(s), {width}x{height} pixels")
 
 
 # samplers, corpus ---------------------------------------------------------------------------------

@@ -43,13 +43,14 @@ CELL_KINDS = {
     )
 }
 MODES = ("bptt", "teacher-forcing")
+ACTIVATIONS = ("tanh", "sigmoid", "relu")  # --activation: the SimpleRNN's; gated cells keep their own
 DEVICES = ("auto", "cpu", "gpu")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 LR_SCHEDULES = ("cosine", "constant")
 NEW_CHARS = ("error", "drop", "grow")  # --new-chars: a fine-tuned run's characters its parent lacks
 SNAPSHOT_CHOICES = ("best", "last")
 # What a fine-tuned run (--init-from) takes from its parent: the model's shape and arithmetic.
-ARCHITECTURE = ("cell", "reset_after", "num_layers", "units", "embedding_dim", "precision")
+ARCHITECTURE = ("cell", "reset_after", "activation", "num_layers", "units", "embedding_dim", "precision")
 LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of --learning-rate
 # --precision NAME -> the Keras dtype policy of the recurrent layers: float32 variables, computing in NAME.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -104,6 +105,9 @@ TRAINING_OPTIONS = (
     _run_option("cell", "lstm", str, "Recurrent cell.", choices=tuple(CELL_KINDS)),
     _run_option("reset_after", False, bool,
                 "GRU only: apply the reset gate after the recurrent product (the cuDNN form, Keras's default)."),
+    _run_option("activation", "tanh", str,
+                "rnn only: the SimpleRNN's activation (the gated cells keep sigmoid gates and a tanh candidate).",
+                choices=ACTIVATIONS),
     _run_option("num_layers", 2, int, "Recurrent layers stacked.", flag="--layers"),
     _run_option("units", 256, int, "Hidden units per layer."),
     _run_option("embedding_dim", 64, int, "Size of the character vectors."),
@@ -145,8 +149,14 @@ TRAINING_OPTIONS = (
     _session("encoding_errors", "strict", str,
              "What to do with bytes that do not decode: strict (stop), replace or ignore.", choices=ENCODING_ERRORS),
     _session("device", "auto", str, "Where to train (auto: a GPU when TensorFlow sees one).", choices=DEVICES),
+    _session("devices", "1", str,
+             "Train data-parallel on this many devices of --device's kind, or all, sharing each batch's rows "
+             "(on a CPU: logical devices split from it). With TF_CONFIG, each worker uses its own.", metavar="N|all"),
     _session("xla", True, bool, "Compile the training step with XLA (faster steps, a few seconds more to start)."),
-    _session("preview_length", 120, int, "Characters of sample shown at each evaluation (0: none)."),
+    _session("preview_length", 120, int,
+             "Characters of sample shown at each evaluation, and logged for TensorBoard (0: none)."),
+    _session("histograms", True, bool,
+             "Log weight and gradient histograms for TensorBoard at each evaluation."),
     _session("quiet", False, bool, "No progress bar or previews; only the final summary.", negatable=False),
 )
 OPTIONS = {option.name: option for option in TRAINING_OPTIONS}
@@ -154,8 +164,8 @@ RESUMABLE = tuple(option.name for option in TRAINING_OPTIONS if option.kind == L
 STOP_LIMITS = ("steps", "epochs", "time_limit")  # training stops at whichever comes first
 
 
-# What a run saved before an option existed had, where that differs from the option's default.
-BEFORE_THE_OPTION_EXISTED = {"lr_schedule": "constant", "val_chars": 0}
+# What a run saved before an option existed had, where that differs (or may come to differ) from the option's default.
+BEFORE_THE_OPTION_EXISTED = {"lr_schedule": "constant", "val_chars": 0, "activation": "tanh"}
 
 
 def _field(name: str):
@@ -172,6 +182,7 @@ class TrainingConfig:
 
     cell: str = _field("cell")  # a key of CELL_KINDS
     reset_after: bool = _field("reset_after")  # GRU's candidate form
+    activation: str = _field("activation")  # one of ACTIVATIONS; not tanh for --cell rnn only
     num_layers: int = _field("num_layers")
     units: int = _field("units")  # hidden size per layer
     embedding_dim: int = _field("embedding_dim")
@@ -211,7 +222,7 @@ class TrainingConfig:
         """What `CharModel` is built from."""
         return {"cell": self.cell, "num_layers": self.num_layers, "units": self.units,
                 "embedding_dim": self.embedding_dim, "dropout": self.dropout, "reset_after": self.reset_after,
-                "dtype": PRECISIONS[self.precision]}
+                "activation": self.activation, "dtype": PRECISIONS[self.precision]}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -226,6 +237,7 @@ def validate(config: TrainingConfig) -> None:
     checks = [
         (config.mode in MODES, f"mode must be one of {', '.join(MODES)}", "mode"),
         (config.cell in CELL_KINDS, f"cell must be one of {', '.join(CELL_KINDS)}", "cell"),
+        (config.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}", "activation"),
         (config.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}", "lr_schedule"),
         (config.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}", "precision"),
         (0.0 <= config.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
@@ -248,6 +260,10 @@ def validate(config: TrainingConfig) -> None:
     if config.reset_after and config.cell != "gru":
         raise ChargenError(f"reset_after is a form of the GRU's candidate and applies to --cell gru only. "
                            f"Received: cell={config.cell!r}, reset_after=True")
+    if config.activation != "tanh" and config.cell != "rnn":
+        raise ChargenError(f"activation is the SimpleRNN's and applies to --cell rnn only (the gated cells keep "
+                           f"their sigmoid gates and tanh candidate). "
+                           f"Received: cell={config.cell!r}, activation={config.activation!r}")
 
 
 def option_table() -> str:

@@ -196,30 +196,57 @@ class _Unit:
 
 @dataclasses.dataclass(frozen=True)
 class _SimpleRNN(_Unit):
-    """SimpleRNNCell.
+    """SimpleRNNCell with its default activation, tanh; the subclasses below change `act` and `slope`.
 
-    Forward:   h = tanh(p + h_prev W_h)
-    Backward:  d_p = d_h * (1 - h^2)                     tanh' = 1 - tanh^2
+    Forward:   h = act(p + h_prev W_h)
+    Backward:  d_p = d_h * act'                          act' read from the output h: slope(h)
                d_h_prev = d_p W_h^T
     Weights:   d_W_h = h_prev^T d_p
     """
 
     states = ("h",)
     saved = ()
+    act = staticmethod(tf.tanh)
+
+    @staticmethod
+    def slope(h):
+        return 1.0 - h * h  # tanh' = 1 - tanh^2
 
     def step(self, p, state):
         (h_prev,) = state
-        h = tf.tanh(p + h_prev @ self.W_h)  # (batch, units)
+        h = self.act(p + h_prev @ self.W_h)  # (batch, units)
         return (h,), ()
 
     def backward_step(self, d_state, record):
         (d_h,), (h,) = d_state, record.state
-        d_p = d_h * (1.0 - h * h)  # (rows, units)
+        d_p = d_h * self.slope(h)  # (rows, units)
         return d_p, (d_p @ tf.transpose(self.W_h),)
 
     def recurrent_gradients(self, d_p, record):
         (h_prev,) = record.state_prev
         return {"W_h": tf.transpose(h_prev) @ d_p}
+
+
+@dataclasses.dataclass(frozen=True)
+class _SimpleRNNSigmoid(_SimpleRNN):
+    """SimpleRNNCell(activation="sigmoid"): h = sigmoid(p + h_prev W_h)."""
+
+    act = staticmethod(tf.sigmoid)
+
+    @staticmethod
+    def slope(h):
+        return h * (1.0 - h)  # sigmoid' = s (1 - s)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SimpleRNNRelu(_SimpleRNN):
+    """SimpleRNNCell(activation="relu"): h = max(0, p + h_prev W_h)."""
+
+    act = staticmethod(tf.nn.relu)
+
+    @staticmethod
+    def slope(h):
+        return tf.cast(h > 0, h.dtype)  # relu' = 1 where the output is positive, else 0 (as TensorFlow's, at 0 too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,13 +395,16 @@ def _zr_and_n(v):
 
 
 _UNITS = {SimpleRNNCell: _SimpleRNN, GRUCell: _GRU, LSTMCell: _LSTM}
+_SIMPLE_RNN_UNITS = {"tanh": _SimpleRNN, "sigmoid": _SimpleRNNSigmoid, "relu": _SimpleRNNRelu}
 
 # The cell attribute that holds each named weight.
 _CELL_WEIGHTS = {"W_x": "input_kernel", "W_h": "recurrent_kernel", "b": "bias", "b_h": "recurrent_bias"}
 
 
 def _unit_type(cell):
-    """The unit for `cell`'s equations: each of the GRU's two forms has its own."""
+    """The unit for `cell`'s equations: each of the GRU's two forms and each SimpleRNN activation has its own."""
     if type(cell) is GRUCell and cell.reset_after:
         return _GRUResetAfter
+    if type(cell) is SimpleRNNCell:
+        return _SIMPLE_RNN_UNITS[cell.activation]
     return _UNITS[type(cell)]

@@ -78,6 +78,7 @@ class _JointLayer:
 
     def __init__(self, kind: str, cell, first: bool):
         self.kind, self.units, self.first = kind, cell.units, first
+        self.activation = getattr(cell, "activation", "tanh")  # the SimpleRNN's
         order, scale = _gate_layout(kind, cell.units)
         recurrent = _arranged(cell.recurrent_kernel, order, scale)  # (gates * units, units)
         if first:
@@ -92,9 +93,9 @@ class _JointLayer:
             z += below
         else:
             z = self.kernel @ np.concatenate((below, _ones(h.shape[1]), h))
-        np.tanh(z, out=z)
         if self.kind == "rnn":
-            return [z]
+            return [_SIMPLE_RNN_ACTIVATIONS[self.activation](z)]
+        np.tanh(z, out=z)
         units = self.units
         gates = z[:3 * units]  # i, f, o: from tanh(a / 2) to sigmoid(a)
         gates *= 0.5
@@ -104,6 +105,22 @@ class _JointLayer:
         h = np.tanh(c)
         h *= z[2 * units:3 * units]
         return [h, c]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """sigmoid(z) = 0.5 tanh(z / 2) + 0.5, in place: no overflow for large |z|."""
+    z *= 0.5
+    np.tanh(z, out=z)
+    z *= 0.5
+    z += 0.5
+    return z
+
+
+_SIMPLE_RNN_ACTIVATIONS = {  # config.ACTIVATIONS, each overwriting its argument
+    "tanh": lambda z: np.tanh(z, out=z),
+    "sigmoid": _sigmoid,
+    "relu": lambda z: np.maximum(z, 0.0, out=z),
+}
 
 
 class _GRULayer:

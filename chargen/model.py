@@ -25,6 +25,7 @@ class CharModel(keras.Model):
         embedding_dim: size of the learned character vectors fed to the first layer.
         dropout: dropout rate between layers (and before the output layer) while training.
         reset_after: GRU only: the candidate form with the reset gate after the recurrent product.
+        activation: SimpleRNN only: "tanh", "sigmoid" or "relu" (`config.ACTIVATIONS`).
         dtype: the dtype policy of the embedding and the recurrent layers ("float32", "mixed_bfloat16" or
             "mixed_float16", see `config.PRECISIONS`): their weights are float32 and they compute in the
             policy's dtype. The output layer is always float32, so the logits (and the loss) are too.
@@ -51,6 +52,7 @@ class CharModel(keras.Model):
         embedding_dim: int = 64,
         dropout: float = 0.0,
         reset_after: bool = False,
+        activation: str = "tanh",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,12 +66,13 @@ class CharModel(keras.Model):
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
         self.vocab_size, self.cell_kind, self.num_layers = vocab_size, cell, num_layers
         self.units, self.embedding_dim, self.dropout_rate = units, embedding_dim, dropout
-        self.reset_after = bool(reset_after)
+        self.reset_after, self.activation = bool(reset_after), activation
         # Each layer gets the model's policy (never the global one, which other code in the process may use).
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding", dtype=policy)
         self.recurrent_layers = [
-            Recurrent(make_cell(cell, units, reset_after=self.reset_after, name=f"{cell}_cell_{i}", dtype=policy),
+            Recurrent(make_cell(cell, units, reset_after=self.reset_after, activation=activation,
+                                name=f"{cell}_cell_{i}", dtype=policy),
                       name=f"recurrent_{i}", dtype=policy)
             for i in range(num_layers)
         ]
@@ -119,6 +122,7 @@ class CharModel(keras.Model):
             "embedding_dim": self.embedding_dim,
             "dropout": self.dropout_rate,
             "reset_after": self.reset_after,
+            "activation": self.activation,
         }
 
     @classmethod

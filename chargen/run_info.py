@@ -42,6 +42,7 @@ def describe_run(run: Run) -> dict:
         "run": str(run.path),
         "cell": config.cell,
         "reset_after": config.reset_after,
+        "activation": config.activation,
         "layers": config.num_layers,
         "units": config.units,
         "embedding_dim": config.embedding_dim,

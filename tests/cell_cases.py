@@ -11,6 +11,9 @@ CASES = [
     pytest.param("lstm", {}, id="lstm"),
 ]
 
+# The SimpleRNN's other activations (tanh is "rnn" above), for the tests of its equations and fused path.
+ACTIVATION_CASES = [pytest.param("rnn", {"activation": name}, id=f"rnn-{name}") for name in ("sigmoid", "relu")]
+
 # `Recurrent(cell, fused=...)`: the reference (the cell's `call` in a loop) and the fast path (fused.py).
 PATHS = [pytest.param(False, id="reference"), pytest.param(True, id="fused")]
 

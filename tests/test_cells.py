@@ -22,7 +22,7 @@ import tensorflow as tf
 from chargen.cells import GRUCell, LSTMCell, SimpleRNNCell, make_cell
 from chargen.recurrent import Recurrent
 
-from cell_cases import CASES, PATHS, random_states, randomize
+from cell_cases import ACTIVATION_CASES, CASES, PATHS, random_states, randomize
 from gradcheck import central_difference, relative_error
 
 KERAS_CELLS = {
@@ -40,6 +40,8 @@ def keras_twin(cell, input_dim):
     (2, 3 * units) tensor, input bias first.
     """
     extra = {"reset_after": cell.reset_after} if isinstance(cell, GRUCell) else {}
+    if isinstance(cell, SimpleRNNCell):
+        extra = {"activation": cell.activation}
     twin = KERAS_CELLS[type(cell)](cell.units, **extra)
     rnn = keras.layers.RNN(twin, return_sequences=True, return_state=True)
     rnn.build((None, None, input_dim))
@@ -56,7 +58,7 @@ def keras_twin(cell, input_dim):
 
 
 @pytest.mark.parametrize("fused", PATHS)
-@pytest.mark.parametrize("kind, kwargs", CASES)
+@pytest.mark.parametrize("kind, kwargs", CASES + ACTIVATION_CASES)
 def test_matches_keras_builtin_cell(kind, kwargs, fused):
     rng = np.random.default_rng(0)
     batch, steps, input_dim, units = 3, 20, 4, 5
@@ -116,7 +118,7 @@ def test_matches_keras_builtin_cell(kind, kwargs, fused):
 
 
 @pytest.mark.parametrize("fused", PATHS)
-@pytest.mark.parametrize("kind, kwargs", CASES)
+@pytest.mark.parametrize("kind, kwargs", CASES + ACTIVATION_CASES)
 def test_gradients_match_central_differences(kind, kwargs, fused):
     rng = np.random.default_rng(1)
     batch, steps, input_dim, units = 2, 3, 2, 3
@@ -289,7 +291,7 @@ def test_lstm_by_hand(fused):
 # --- 4. Configuration and initial values -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, kwargs", CASES)
+@pytest.mark.parametrize("kind, kwargs", CASES + ACTIVATION_CASES)
 def test_config_round_trip(kind, kwargs):
     rng = np.random.default_rng(2)
     cell = make_cell(

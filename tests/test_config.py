@@ -74,6 +74,8 @@ def test_giving_one_stop_limit_on_resume_lifts_the_others():
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"mode": "teacher-forcing", "stateful": True}, "stateful"),
         ({"cell": "lstm", "reset_after": True}, "reset_after"),
+        ({"activation": "softplus"}, "activation"),
+        ({"cell": "gru", "activation": "relu"}, "activation"),
         ({"precision": "float64"}, "precision"),
         ({"val_chars": 1}, "val_chars"),
         ({"val_chars": -5}, "val_chars"),
@@ -85,7 +87,7 @@ def test_invalid_settings_name_the_option_and_the_value(overrides, named):
 
 
 def test_a_run_saved_before_an_option_existed_keeps_its_behaviour_then():
-    older = {"reset_after", "lr_schedule", "precision", "val_chars"}
+    older = {"reset_after", "lr_schedule", "precision", "val_chars", "activation"}
     saved = {k: v for k, v in TrainingConfig(cell="gru").to_dict().items() if k not in older}
     restored = TrainingConfig.from_saved(saved)
     assert restored.reset_after is False
@@ -93,3 +95,4 @@ def test_a_run_saved_before_an_option_existed_keeps_its_behaviour_then():
     assert restored.lr_schedule == "constant"  # new runs default to cosine; older ones trained at a constant rate
     assert TrainingConfig.from_saved({**saved, "lr_schedule": "cosine"}).lr_schedule == "cosine"
     assert restored.val_chars == 0  # older runs evaluated on the whole validation text
+    assert restored.activation == "tanh"  # the one activation there was

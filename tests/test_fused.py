@@ -9,13 +9,13 @@ from chargen.cells import make_cell
 from chargen.model import CharModel
 from chargen.recurrent import Recurrent
 
-from cell_cases import CASES, PATHS
+from cell_cases import ACTIVATION_CASES, CASES, PATHS
 
 MODES = [pytest.param(True, id="bptt"), pytest.param(False, id="teacher-forcing")]
 
 
 @pytest.mark.parametrize("through_time", MODES)
-@pytest.mark.parametrize("kind, kwargs", CASES)
+@pytest.mark.parametrize("kind, kwargs", CASES + ACTIVATION_CASES)
 def test_fused_kernel_equals_the_generic_path(kind, kwargs, through_time):
     rng = np.random.default_rng(7)
     cell = make_cell(kind, 5, dtype="float64", **kwargs)

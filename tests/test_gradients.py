@@ -1,0 +1,134 @@
+"""`chargen gradients`: the measurement against the Jacobians chained by hand, and the three statements of the theory.
+
+1. On a fresh SimpleRNN the gradient shrinks about geometrically with k, at a rate near the spectral radius
+   of W_hh times the activation's mean slope.
+2. An LSTM's gradient at long k, relative to its k = 0, is far larger than a SimpleRNN's.
+3. Under teacher forcing nothing reaches beyond k = 0: the norms there are exactly zero.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from chargen import gradients
+from chargen.model import CharModel
+
+from helpers import assert_user_error, run_cli, write_corpus
+
+VOCAB_SIZE = 20
+
+
+def random_windows(count=16, window=30, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCAB_SIZE, size=(count, window + 1))
+
+
+def fresh(cell, units=32, num_layers=1, seed=0, **extra):
+    return gradients.fresh_model(VOCAB_SIZE, seed, cell=cell, num_layers=num_layers, units=units,
+                                 embedding_dim=16, **extra)
+
+
+def by_hand(model: CharModel, windows: np.ndarray) -> np.ndarray:
+    """A one-layer SimpleRNN's mean |dL_T/dh_(T-k)| in float64 numpy: the forward pass, then the chain
+    g_(t-1) = (g_t * act'(a_t)) W_hh^T from g_T = (softmax - onehot) W_hy^T / n."""
+    cell = model.recurrent_layers[0].cell
+    act, slope = {"tanh": (np.tanh, lambda h: 1 - h * h),
+                  "sigmoid": (lambda a: 1 / (1 + np.exp(-a)), lambda h: h * (1 - h))}[cell.activation]
+    weights = {name: np.asarray(value, np.float64) for name, value in (
+        ("E", model.embedding.embeddings), ("W_x", cell.input_kernel), ("W_h", cell.recurrent_kernel),
+        ("b", cell.bias), ("W_y", model.head.kernel), ("b_y", model.head.bias))}
+    n, steps = windows.shape[0], windows.shape[1] - 1
+    h, hs = np.zeros((n, cell.units)), []
+    for t in range(steps):
+        h = act(weights["E"][windows[:, t]] @ weights["W_x"] + h @ weights["W_h"] + weights["b"])
+        hs.append(h)
+    logits = h @ weights["W_y"] + weights["b_y"]
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p[np.arange(n), windows[:, -1]] -= 1.0
+    g = p @ weights["W_y"].T / n
+    norms = []
+    for t in reversed(range(steps)):
+        norms.append(np.linalg.norm(g, axis=-1).mean())
+        g = (g * slope(hs[t])) @ weights["W_h"].T
+    return np.array(norms)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_the_measurement_equals_the_jacobians_chained_by_hand(activation):
+    model = fresh("rnn", units=12, activation=activation)
+    windows = random_windows(count=5, window=12)
+    [layer] = gradients.measure(model, windows, through_time=True)
+    np.testing.assert_allclose(layer.norms, by_hand(model, windows), rtol=2e-4)
+
+
+def test_a_fresh_simple_rnn_decays_geometrically_at_the_predicted_rate():
+    [layer] = gradients.measure(fresh("rnn"), random_windows(), through_time=True)
+    k, log_norms = np.arange(1, 30), np.log(layer.norms[1:])
+    fit = np.polyval(np.polyfit(k, log_norms, 1), k)
+    explained = 1 - np.sum((log_norms - fit) ** 2) / np.sum((log_norms - log_norms.mean()) ** 2)
+    assert explained > 0.95  # a straight line on a log scale: geometric
+    assert layer.measured_rate < 0.9 and layer.norms[-1] < 1e-2 * layer.norms[0]
+    # The prediction is a heuristic (exact for a normal W_hh and one slope for every unit and step); within 15%.
+    assert layer.predicted_rate == pytest.approx(layer.measured_rate, rel=0.15)
+    assert 0.9 < layer.spectral_radius < 1.1  # the orthogonal initializer's W_hh
+
+
+def test_the_lstm_keeps_far_more_gradient_at_long_k_than_the_simple_rnn():
+    windows = random_windows()
+    [rnn] = gradients.measure(fresh("rnn"), windows, through_time=True)
+    [lstm] = gradients.measure(fresh("lstm"), windows, through_time=True)
+    # Relative to each cell's own k = 0, so the cells' different output scales do not count.
+    assert lstm.ratios()[-1] > 100 * rnn.ratios()[-1]
+    assert lstm.measured_rate > rnn.measured_rate
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_under_teacher_forcing_nothing_reaches_beyond_k_zero(cell):
+    layers = gradients.measure(fresh(cell, units=8, num_layers=2), random_windows(count=4, window=6),
+                               through_time=False)
+    for layer in layers:
+        assert layer.norms[0] > 0
+        assert np.all(layer.norms[1:] == 0.0)
+        assert layer.measured_rate == 0.0
+
+
+def test_the_command_prints_a_row_per_k_and_the_rates(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("gradients", "--cell", "rnn", "--units", "8", "--layers", "2", "--embedding-dim", "4",
+                     "--window", "6", "--windows", "4", "--text", corpus)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "fresh rnn x2x8 (tanh), bptt" in lines[0]
+    assert [line.split()[0] for line in lines[2:8]] == [str(k) for k in range(6)]
+    assert lines[-1].startswith("layer1: measured rate") and "spectral radius of W_hh" in lines[-1]
+    as_json = json.loads(run_cli("gradients", "--cell", "lstm", "--units", "8", "--layers", "1", "--window", "6",
+                                 "--windows", "4", "--text", corpus, "--json", "--mode", "teacher-forcing").output)
+    [layer] = as_json["layers"]
+    assert as_json["mode"] == "teacher-forcing" and layer["spectral_radius"] is None
+    assert len(layer["norms"]) == 6 and layer["norms"][0] > 0 and not any(layer["norms"][1:])
+
+
+def test_the_command_measures_a_trained_run_and_draws_a_plot(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    output = tmp_path / "gradients.png"
+    result = run_cli("gradients", trained["run"], "--text", trained["corpus"], "--window", "5", "--windows", "3",
+                     "--plot", output, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["cell"] == "lstm" and report["mode"] == "bptt" and len(report["layers"]) == 1
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_with_fresh_model_options_is_refused(trained):
+    result = run_cli("gradients", trained["run"], "--cell", "rnn", "--units", "8")
+    assert_user_error(result, "--cell, --units", "leave them out")
+
+
+def test_a_text_shorter_than_the_window_is_refused(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("abc", encoding="utf-8")
+    result = run_cli("gradients", "--cell", "rnn", "--units", "4", "--text", short, "--window", "10")
+    assert_user_error(result, "too few for a window of 10", "--window")
