@@ -523,6 +523,61 @@ def gradients(ctx, run, text_path, window, count, mode, cell, activation, num_la
     click.echo(json.dumps(report.to_dict()) if as_json else measuring.format_table(report))
 
 
+# compare ----------------------------------------------------------------------------------------
+
+def _comma_list(value: str, flag: str, allowed=None, kind=str) -> list:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    try:
+        items = [kind(item) for item in items]
+    except ValueError:
+        items = []
+    if not items or (allowed is not None and not set(items) <= set(allowed)) or (kind is int and min(items) < 1):
+        choices = f"of {', '.join(allowed)}" if allowed else "positive integers"
+        raise ChargenError(f"{flag} takes a comma-separated list {choices}. Received: {flag} {value}")
+    return list(dict.fromkeys(items))
+
+
+@cli.command()
+@click.option("--cells", default="rnn,lstm", show_default=True, help="Cells, comma-separated (rnn, gru, lstm).")
+@click.option("--modes", default="bptt", show_default=True, help="Training modes, comma-separated.")
+@click.option("--activations", default="tanh", show_default=True,
+              help="The SimpleRNN's activations, comma-separated (gated cells run with tanh only).")
+@click.option("--lags", default="5,20", show_default=True,
+              help="Filler characters between a recall source's key and its repeat, comma-separated.")
+@click.option("--units", type=int, default=32, show_default=True, help="Hidden units of every model.")
+@click.option("--steps", type=int, default=300, show_default=True, help="Training steps per trial.")
+@click.option("--time-limit", type=float, metavar="SECONDS", help="Also stop each trial after this many seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sources, weights and windows.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw the share of the key each trial recalled into this PNG (needs chargen[plot]).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list, a record per trial.")
+def compare(cells, modes, activations, lags, units, steps, time_limit, seed, plot_path, as_json):
+    """Train a grid of small models on recall sources, one budget each, and print one table.
+
+    Each trial's validation bits per character sits beside the source's floor and its no-memory floor.
+    """
+    trials_grid = (_comma_list(cells, "--cells", config.CELL_KINDS), _comma_list(modes, "--modes", config.MODES),
+                   _comma_list(activations, "--activations", config.ACTIVATIONS),
+                   _comma_list(lags, "--lags", kind=int))
+    if units < 1 or steps < 1 or (time_limit is not None and time_limit <= 0):
+        raise ChargenError(f"--units and --steps must be positive, --time-limit too when given. "
+                           f"Received: --units {units}, --steps {steps}, --time-limit {time_limit}")
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
+    from chargen import compare as comparing
+
+    trials = comparing.grid(*trials_grid)
+    outcomes = []
+    for number, trial in enumerate(trials, 1):
+        outcome = comparing.run_trial(trial, units, steps, time_limit, seed)
+        click.echo(f"[{number}/{len(trials)}] {trial.cell} {trial.mode} {trial.activation} lag {trial.lag}: "
+                   f"{outcome.val_bpc:.4f} bits per character in {outcome.seconds:.0f} s", err=True)
+        outcomes.append(outcome)
+    if plot_path is not None:
+        comparing.plot(outcomes, Path(plot_path))
+        click.echo(f"wrote {plot_path}", err=True)
+    click.echo(json.dumps([o.to_dict() for o in outcomes]) if as_json else comparing.format_table(outcomes))
+
+
 # export -----------------------------------------------------------------------------------------
 
 @cli.command()

@@ -1,0 +1,124 @@
+"""`chargen compare`: a grid of small models trained on recall sources under one budget each, side by side.
+
+Each point of the grid (cell x mode x activation x lag) trains a fresh one-layer model on a recall source
+(`synthetic.recall_source`: a key, `lag` filler characters, the key again) with the same settings and the
+same budget of steps or seconds, and is scored on the source's held-out tail against its two floors: the
+entropy rate (reachable only by carrying the key across the filler) and the best a model without that
+memory can do. So "plain RNNs forget", "the gates remember" and "teacher forcing never learns to carry
+anything" become one table. Repeatable with a seed (up to float rounding between machines).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass
+
+from chargen import corpus, synthetic
+from chargen.atomic import atomic_file
+from chargen.config import TrainingConfig
+from chargen.errors import ChargenError
+from chargen.training import Trainer, build_model
+from chargen.vocab import Vocabulary
+
+# The recall sources: keys and filler drawn from these many letters, this much text per source.
+NUM_KEYS, FILLER_SIZE, SOURCE_LENGTH = 4, 2, 60_000
+# What every point of the grid shares (the trainer's statistical tests use the same small model).
+SETTINGS = dict(num_layers=1, embedding_dim=8, batch_size=32, eval_every=0, val_chars=0, learning_rate=1e-2,
+                lr_schedule="constant")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the grid."""
+
+    cell: str
+    mode: str
+    activation: str
+    lag: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One trained point: its validation bits per character against the source's floors, and its cost."""
+
+    cell: str
+    mode: str
+    activation: str
+    lag: int
+    val_bpc: float
+    floor: float  # the source's entropy rate
+    no_recall: float  # the best without carrying the key across the filler
+    steps: int
+    seconds: float
+    chars_per_second: float
+    parameters: int
+
+    @property
+    def recalled(self) -> float:
+        """How much of the key's information the model recovers: 1 at the floor, 0 at the no-recall floor."""
+        return (self.no_recall - self.val_bpc) / (self.no_recall - self.floor)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "recalled": self.recalled}
+
+
+def grid(cells, modes, activations, lags) -> list[Trial]:
+    """Every combination, except a non-tanh activation on a gated cell (it keeps its own)."""
+    return [Trial(cell, mode, activation, lag)
+            for cell, mode, activation, lag in itertools.product(cells, modes, activations, lags)
+            if cell == "rnn" or activation == "tanh"]
+
+
+def run_trial(trial: Trial, units: int, steps: int | None, seconds: float | None, seed: int) -> Outcome:
+    """Train the trial's model for the budget (steps, seconds, or whichever comes first) and score it."""
+    source = synthetic.recall_source(trial.lag, NUM_KEYS, FILLER_SIZE, SOURCE_LENGTH, seed)
+    # A window holds at least two records, so every key and its repeat share a window somewhere.
+    config = TrainingConfig(cell=trial.cell, mode=trial.mode, activation=trial.activation, units=units,
+                            seq_len=max(32, 2 * (trial.lag + 3)), steps=steps, time_limit=seconds, seed=seed,
+                            **SETTINGS)
+    vocab = Vocabulary.from_text(source.text)
+    train_ids, val_ids = corpus.split_ids(vocab.encode(source.text), config.val_fraction, config.seq_len)
+    model = build_model(config, len(vocab))
+    trainer = Trainer(model, config, train_ids, val_ids, vocab=vocab, xla=False)
+    began = time.monotonic()
+    progress = trainer.fit()
+    elapsed = time.monotonic() - began
+    return Outcome(trial.cell, trial.mode, trial.activation, trial.lag, progress.last_val_bpc,
+                   source.entropy_bits_per_char, source.no_recall_bits_per_char, progress.step, elapsed,
+                   progress.chars_seen / max(progress.elapsed_seconds, 1e-9), model.count_params())
+
+
+def format_table(outcomes: list[Outcome]) -> str:
+    """One row per trial: bits per character, the two floors, the share of the key recalled, speed, size."""
+    lines = [f"{'cell':<5} {'mode':<15} {'activation':<10} {'lag':>4} {'val bpc':>8} {'floor':>7} "
+             f"{'no recall':>9} {'recalled':>8} {'steps':>6} {'chars/s':>8} {'params':>7}"]
+    for o in outcomes:
+        lines.append(f"{o.cell:<5} {o.mode:<15} {o.activation:<10} {o.lag:>4} {o.val_bpc:8.4f} {o.floor:7.4f} "
+                     f"{o.no_recall:9.4f} {o.recalled:8.0%} {o.steps:6d} {o.chars_per_second:8,.0f} "
+                     f"{o.parameters:7,d}")
+    return "\n".join(lines)
+
+
+def plot(outcomes: list[Outcome], output) -> None:
+    """A PNG with a bar per trial: the share of the key's information it recalled (1: the floor)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ChargenError("--plot needs matplotlib, an optional extra: pip install 'chargen[plot]'") from None
+    figure = Figure(figsize=(8, 1.5 + 0.35 * len(outcomes)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    labels = [f"{o.cell} {o.mode} {o.activation} lag {o.lag}" for o in outcomes]
+    axes.barh(range(len(outcomes)), [o.recalled for o in outcomes], color=[f"C{i % 10}" for i in range(len(outcomes))])
+    axes.set_yticks(range(len(outcomes)), labels, fontsize="small")
+    axes.invert_yaxis()
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("share of the key recalled: 0 = no memory, 1 = the entropy floor")
+    axes.grid(axis="x", alpha=0.3)
+    try:
+        with atomic_file(output, binary=True) as file:
+            figure.savefig(file, format="png")
+    except OSError as error:
+        raise ChargenError(f"cannot write --plot {output} ({error.strerror}); choose a writable path") from None
