@@ -36,10 +36,13 @@ def sync_folder(path: Path) -> None:
 
 
 def publish(temporary: Path, target: Path) -> None:
-    """Rename a complete temporary file or folder onto `target`, its contents on disk before the rename."""
+    """Rename a complete temporary file or folder onto `target`, its contents on disk before the rename.
+
+    A folder's subfolders are flushed too, deepest first (a SavedModel nests its variables).
+    """
     if temporary.is_dir():
-        for file in temporary.iterdir():
-            sync_file(file)
+        for entry in sorted(temporary.rglob("*"), key=lambda path: len(path.parts), reverse=True):
+            (sync_folder if entry.is_dir() else sync_file)(entry)
         sync_folder(temporary)
     else:
         sync_file(temporary)
