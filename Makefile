@@ -11,7 +11,7 @@ DEMO_SECONDS ?= 60
 $(STAMP): pyproject.toml plugins/chargen-mirostat/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/chargen-mirostat
+	$(BIN)/python -m pip install --quiet -e '.[test,plot]' -e plugins/chargen-mirostat
 	touch $(STAMP)
 
 demo: $(STAMP)

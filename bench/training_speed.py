@@ -66,7 +66,7 @@ def chargen_step(cell: str, mode: str, size: dict, fused: bool = True, xla: bool
     trainer = Trainer(model, config, train_ids=ids, val_ids=ids[:0], xla=xla)
 
     def step(inputs, targets):
-        loss, _ = trainer._train_step(inputs, targets, None)
+        loss, _, _ = trainer._train_step(inputs, targets, None)
         return loss
 
     return step, model.count_params()

@@ -39,7 +39,8 @@ class Callback:
     def on_train_begin(self, trainer: Trainer) -> None: ...
 
     def on_step_end(self, trainer: Trainer, logs: dict) -> None:
-        """After each step. logs: step, loss (nats), bpc, learning_rate (of this step), chars_per_second."""
+        """After each step. logs: step, loss (nats), bpc, learning_rate (of this step), chars_per_second,
+        gradient_norm (the global norm of the loss's gradients, before clipping)."""
 
     def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
         """After each evaluation. logs: step, val_loss, val_bpc, best (bool), plus the last step logs."""
@@ -159,6 +160,7 @@ class Trainer:
         vocab: Vocabulary | None = None,
         xla: bool = True,
     ):
+        config = config.resolved(len(train_ids))
         self.model, self.config, self.vocab = model, config, vocab
         self.train_ids, self.val_ids = train_ids, val_ids
         # An evaluation costs a forward pass over what it scores: capped, it stays a small part of a step
@@ -177,8 +179,18 @@ class Trainer:
             self.carried_states = model.initial_states(config.batch_size) if carried_states is None else [
                 [tf.cast(state, model.compute_dtype) for state in layer] for layer in carried_states]
         self.distribution = tf.distribute.get_strategy()  # the one whose scope the model was built in
-        # XLA fuses the many small operations between the matrix products (see the README's Results).
-        self._train_step = tf.function(self._distributed_step, reduce_retracing=True, jit_compile=xla)
+        self.replicas = self.distribution.num_replicas_in_sync
+        if config.batch_size % self.replicas:
+            raise ChargenError(f"--batch-size {config.batch_size} does not split evenly among {self.replicas} "
+                               f"replicas; give a multiple of {self.replicas}")
+        self.cluster = isinstance(self.distribution, tf.distribute.MultiWorkerMirroredStrategy)
+        self.carried_states = self._distribute_rows(self.carried_states)
+        # XLA fuses the many small operations between the matrix products (see the README's Results). Under
+        # several replicas the all-reduce between them stays outside XLA: each replica's gradients compile.
+        whole_step_xla = xla and self.replicas == 1
+        self._replica_gradients = tf.function(self._gradients, jit_compile=True) if xla and not whole_step_xla \
+            else self._gradients
+        self._train_step = tf.function(self._distributed_step, reduce_retracing=True, jit_compile=whole_step_xla)
         self._evaluator = Evaluator(model, config.seq_len, config.batch_size)
 
     @property
@@ -203,18 +215,83 @@ class Trainer:
             fractions.append(session_seconds / self.config.time_limit)
         return min(1.0, max(fractions)) if fractions else None
 
-    def _distributed_step(self, inputs, targets, states):
-        return self.distribution.run(self._step, args=(inputs, targets, states))
+    def _distribute_rows(self, batch):
+        """`batch` (tensors whose first axis is the batch's rows) as per-replica values: each replica its
+        consecutive share of the rows, in replica order, so a row's stream stays on one replica."""
+        if batch is None or self.replicas == 1:
+            return batch
+        share = self.config.batch_size // self.replicas
 
-    def _step(self, inputs, targets, states):
+        def rows_of(context):
+            first = context.replica_id_in_sync_group * share
+            return tf.nest.map_structure(lambda tensor: tensor[first:first + share], batch)
+
+        return self.distribution.experimental_distribute_values_from_function(rows_of)
+
+    def batch_states(self):
+        """The carried states of every row of the batch, gathered from the replicas (None unless stateful).
+
+        Under several workers this is a collective operation: every worker must call it at the same step.
+        """
+        if self.carried_states is None or self.replicas == 1:
+            return self.carried_states
+        return tf.nest.map_structure(lambda state: self.distribution.gather(state, axis=0), self.carried_states)
+
+    def _agree(self, stop: str | None, fraction: float | None) -> tuple[str | None, float | None]:
+        """The stop reason and schedule fraction all workers share: the most urgent reason, the largest fraction."""
+        reasons = (None, "time", "interrupt")
+        local = tf.constant([[reasons.index(stop), -1.0 if fraction is None else fraction]], tf.float32)
+        every = self.distribution.gather(self.distribution.run(tf.identity, args=(local,)), axis=0)  # [replicas, 2]
+        agreed = np.max(every.numpy(), axis=0)
+        return reasons[int(agreed[0])], None if agreed[1] < 0 else float(agreed[1])
+
+    def _distributed_step(self, inputs, targets, states):
+        """One optimiser step on every replica; the loss and gradient norm, which all replicas share."""
+        loss, gradient_norm, final_states = self.distribution.run(self._replica_step, args=(inputs, targets, states))
+        if self.replicas > 1:  # every replica holds the same values: take this worker's first
+            loss, gradient_norm = (self.distribution.experimental_local_results(value)[0]
+                                   for value in (loss, gradient_norm))
+        return loss, gradient_norm, final_states
+
+    def _replica_step(self, inputs, targets, states):
+        """On each replica: the gradients of its rows, summed over the replicas, then one optimiser step."""
+        loss, gradients, final_states = self._replica_gradients(inputs, targets, states)
+        if self.replicas > 1:
+            loss, gradients = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, (loss, gradients))
+        # Before clipping, for the step logs.
+        gradient_norm = tf.linalg.global_norm(gradients)
+        if self.config.precision == "float16":
+            gradient_norm = gradient_norm / self.optimizer.dynamic_scale  # read before `apply` may change it
+        if self.replicas > 1:
+            gradients = self._shares_to_apply(gradients, gradient_norm)
+        self.optimizer.apply(gradients, self.model.trainable_variables)
+        return loss, gradient_norm, final_states
+
+    def _shares_to_apply(self, gradients, gradient_norm):
+        """What each replica gives Keras's optimizer, which sums the replicas' gradients and clips each one
+        before the sum: a 1/replicas share of the batch's gradients, clipped already by their global norm.
+
+        So the step equals one device's (the optimizer's own clipping no longer bites), at the price of a
+        second all-reduce.
+        """
+        factor = 1.0 / self.replicas
+        if self.config.clip_norm > 0:
+            factor *= self.config.clip_norm / tf.maximum(gradient_norm, self.config.clip_norm)
+        return [gradient * tf.cast(factor, gradient.dtype) for gradient in gradients]
+
+    def _gradients(self, inputs, targets, states):
+        """This replica's share of the batch's mean loss, its gradients (dense) and the final states of its rows."""
         through_time = self.config.mode == "bptt"
         with tf.GradientTape() as tape:
             logits, final_states = self.model(inputs, states=states, training=True, through_time=through_time)
-            loss = sequence_nats(logits, targets) / tf.cast(tf.size(targets), logits.dtype)
+            # Divided by the whole batch's count, so the replicas' shares sum to the batch's mean.
+            count = tf.size(targets) * self.replicas
+            loss = sequence_nats(logits, targets) / tf.cast(count, logits.dtype)
             scaled_loss = self.optimizer.scale_loss(loss)  # the loss itself unless loss scaling is on (float16)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
-        self.optimizer.apply(gradients, self.model.trainable_variables)
-        return loss, final_states
+        # Dense: the embedding's sparse gradient would be gathered, not summed, across replicas.
+        return loss, [tf.convert_to_tensor(gradient) for gradient in gradients], final_states
 
     def fit(self) -> Progress:
         """Train until a limit is reached or `stop_requested` is set; returns the progress reached."""
@@ -238,18 +315,22 @@ class Trainer:
         for inputs, targets in dataset:
             if limit is not None and progress.step >= limit:
                 break
-            if self.stop_requested:
-                stopped_by = "interrupt"
-                break
+            stop = "interrupt" if self.stop_requested else None
             if deadline is not None and time.monotonic() >= deadline:
-                stopped_by = "time"
+                stop = stop or "time"
+            fraction = self.fraction_done(time.monotonic() - session_began)
+            if self.cluster:  # the workers' clocks and signals differ: they must stop and schedule alike
+                stop, fraction = self._agree(stop, fraction)
+            if stop:
+                stopped_by = stop
                 break
-            scheduled = scheduled_learning_rate(config, self.fraction_done(time.monotonic() - session_began))
+            scheduled = scheduled_learning_rate(config, fraction)
             if scheduled != learning_rate:
                 learning_rate = scheduled
                 self.optimizer.learning_rate.assign(learning_rate)
             states = self.carried_states if config.stateful else None
-            loss, final_states = self._train_step(inputs, targets, states)
+            loss, gradient_norm, final_states = self._train_step(
+                self._distribute_rows(inputs), self._distribute_rows(targets), states)
             loss = float(loss)
             if not math.isfinite(loss):
                 raise ChargenError(
@@ -269,6 +350,7 @@ class Trainer:
                 "bpc": loss / LN2,
                 "learning_rate": learning_rate,
                 "chars_per_second": targets.shape[0] * targets.shape[1] / max(seconds, 1e-9),
+                "gradient_norm": float(gradient_norm),
             }
             for callback in self.callbacks:
                 callback.on_step_end(self, logs)

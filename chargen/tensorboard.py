@@ -1,0 +1,136 @@
+"""TensorBoard event files for a run, written by a training callback; `tensorboard --logdir checkpoints/` shows them.
+
+    <run>/logs/train/        every step: loss (nats), bpc, learning_rate, chars_per_second, gradient_norm;
+                             every evaluation: the preview sample (text), weights/* and gradients/* histograms
+    <run>/logs/validation/   every evaluation: loss, bpc
+
+The two folders are two writers with the same tag names, as Keras's TensorBoard callback lays them out, so
+TensorBoard draws the training and validation curves of a tag in one chart.
+
+A resumed run appends a new event file to each folder. A run killed between two evaluations has logged
+steps past its last snapshot, and it trains them again when resumed: this callback reads what the folders
+already hold and writes a tag only at steps after the last one logged under it, so every step appears once.
+(Resuming is exact, so the steps trained again are the steps already logged.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from chargen import corpus
+from chargen.training import Callback, Trainer, sequence_nats
+
+LOGS = "logs"  # the folder inside the run
+STEP_SCALARS = ("loss", "bpc", "learning_rate", "chars_per_second", "gradient_norm")
+VALIDATION_SCALARS = {"loss": "val_loss", "bpc": "val_bpc"}  # tag -> key of the evaluation logs
+PREVIEW_TEMPERATURE = 0.8  # that of the terminal's preview (`reporting.Preview`), so both show the same text
+
+
+def last_logged_steps(folder: Path) -> dict[str, int]:
+    """The last step logged under each tag in the event files of `folder` (empty if there are none).
+
+    A record torn by a kill ends its file: what comes before it counts.
+    """
+    last: dict[str, int] = {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    last[value.tag] = max(event.step, last.get(value.tag, event.step))
+        except tf.errors.DataLossError:
+            continue
+    return last
+
+
+class TensorBoardLogs(Callback):
+    """Writes a run's TensorBoard event files (see the module docstring).
+
+    Args:
+        run_path: the run folder; the event files go under its `logs/`.
+        histograms: write weight and gradient histograms at each evaluation.
+        preview_length: characters of the sample logged as text at each evaluation (0: none).
+    """
+
+    def __init__(self, run_path: Path, histograms: bool = True, preview_length: int = 120):
+        self.folder = Path(run_path) / LOGS
+        self.histograms, self.preview_length = histograms, preview_length
+        self.writers = {}
+        self.logged = {}  # writer name -> {tag: last step already in its files}
+        self._gradients = tf.function(_loss_gradients, reduce_retracing=True)
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        for name in ("train", "validation"):
+            self.logged[name] = last_logged_steps(self.folder / name)
+            self.writers[name] = tf.summary.create_file_writer(str(self.folder / name), max_queue=100,
+                                                               flush_millis=5_000)
+
+    def _new(self, writer: str, tag: str, step: int) -> bool:
+        return step > self.logged[writer].get(tag, 0)
+
+    def on_step_end(self, trainer: Trainer, logs: dict) -> None:
+        step = logs["step"]
+        with self.writers["train"].as_default(step=step):
+            for tag in STEP_SCALARS:
+                if self._new("train", tag, step):
+                    tf.summary.scalar(tag, logs[tag])
+
+    def on_evaluate(self, trainer: Trainer, logs: dict) -> None:
+        step = logs["step"]
+        with self.writers["validation"].as_default(step=step):
+            for tag, key in VALIDATION_SCALARS.items():
+                if logs.get(key) is not None and self._new("validation", tag, step):
+                    tf.summary.scalar(tag, logs[key])
+        with self.writers["train"].as_default(step=step):
+            if self.preview_length > 0 and trainer.vocab is not None and self._new("train", "preview", step):
+                tf.summary.text("preview", _as_markdown_code(self._preview(trainer, step)))
+            if self.histograms and self._new("train", "weights/" + _tag(trainer.model.trainable_variables[0]), step):
+                self._write_histograms(trainer)
+        for writer in self.writers.values():  # before the snapshot is saved (that callback comes last)
+            writer.flush()
+
+    def on_train_end(self, trainer: Trainer, logs: dict) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def _preview(self, trainer: Trainer, step: int) -> str:
+        from chargen.generation import GenerationRequest, NumpyStepper, generate
+        from chargen.sampling import registry
+
+        request = GenerationRequest(length=self.preview_length, temperature=PREVIEW_TEMPERATURE, seed=step)
+        return generate(NumpyStepper(trainer.model), trainer.vocab, registry.load("random").create(), request)[0]
+
+    def _write_histograms(self, trainer: Trainer) -> None:
+        """The weights, and the gradients of the loss on the batch the next step will train on."""
+        config, variables = trainer.config, trainer.model.trainable_variables
+        inputs, targets = corpus.training_batch(trainer.train_ids, config.seq_len, config.batch_size, config.seed,
+                                                trainer.progress.step, config.stateful)
+        gradients = self._gradients(trainer.model, inputs, targets, trainer.carried_states,
+                                    through_time=config.mode == "bptt")
+        for variable, gradient in zip(variables, gradients):
+            tf.summary.histogram("weights/" + _tag(variable), variable)
+            tf.summary.histogram("gradients/" + _tag(variable), tf.convert_to_tensor(gradient))
+
+
+def _loss_gradients(model, inputs, targets, states, through_time: bool):
+    """The gradients of the mean loss in nats per character, without dropout (which would draw random numbers
+    and so change the training that follows).
+
+    The loss is not scaled: in a float16 run the smallest gradients may round to zero here, which moves a
+    histogram's tail but not its shape.
+    """
+    with tf.GradientTape() as tape:
+        logits, _ = model(inputs, states=states, training=False, through_time=through_time)
+        loss = sequence_nats(logits, targets) / tf.cast(tf.size(targets), logits.dtype)
+    return tape.gradient(loss, model.trainable_variables)
+
+
+def _tag(variable) -> str:
+    """A weight's path without the model's own name: "recurrent_0/lstm_cell_0/input_kernel"."""
+    return variable.path.split("/", 1)[-1]
+
+
+def _as_markdown_code(text: str) -> str:
+    """TensorBoard renders text as Markdown; indented four spaces, a sample shows verbatim, line breaks kept."""
+    return "\n".join("    " + line for line in text.split("\n"))
