@@ -118,34 +118,33 @@ def measure(model: CharModel, windows: np.ndarray, through_time: bool) -> list[L
     """Each layer's mean |dL_T / dh_{T-k}| over `windows` `(n, window + 1)`, L_T the cross-entropy at the last step.
 
     h_{T-k} reaches the loss two ways: as the layer's output at that step (to the layer above, or the logits
-    at k = 0) and as the state entering the next step. The loop hands these out as two tensors holding the
-    same values, so the gradient with respect to h is the sum of the gradients with respect to both.
+    at k = 0) and as the state entering the next step. A zero probe is added to both, and the gradient with
+    respect to the probe is the gradient with respect to h through every way it is used, whatever tensors
+    the loop hands out for the two.
     """
     model = model.with_precision("float32")
     inputs, target = tf.constant(windows[:, :-1], tf.int32), tf.constant(windows[:, -1], tf.int32)
     generic = [Recurrent(layer.cell, fused=False) for layer in model.recurrent_layers]
-    steps = inputs.shape[1]
-    outputs = [[] for _ in generic]  # per layer, per step: (n, 1, units), as the layer above and the logits read it
-    hidden = [[] for _ in generic]  # the same values (n, units), as the state handed to the next step
-    with tf.GradientTape() as tape:
+    steps, batch = inputs.shape[1], inputs.shape[0]
+    probes = [[tf.zeros((batch, layer.cell.units)) for _ in range(steps)] for layer in generic]
+    hidden = [[] for _ in generic]  # per layer, per step: h (n, units)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([probe for layer in probes for probe in layer])
         x = model.embedding(inputs)  # (n, window, embedding_dim)
-        states = model.initial_states(inputs.shape[0])
+        states = model.initial_states(batch)
         for t in range(steps):
             below = x[:, t:t + 1]  # (n, 1, features)
             for index, layer in enumerate(generic):
-                below, states[index] = layer(below, initial_state=states[index], through_time=through_time)
-                outputs[index].append(below)
-                hidden[index].append(states[index][0])
+                below, (h, *rest) = layer(below, initial_state=states[index], through_time=through_time)
+                probe = probes[index][t]
+                below, states[index] = below + probe[:, None], [h + probe, *rest]
+                hidden[index].append(h)
         logits = model.head(below[:, 0])  # (n, vocab)
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(target, logits, from_logits=True))
-    sources = [tensor for layer in (*outputs, *hidden) for tensor in layer]
-    gradients = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    per_layer = len(generic) * steps
     layers = []
     for index, layer in enumerate(model.recurrent_layers):
-        chunk = slice(index * steps, (index + 1) * steps)
-        total = [a[:, 0] + b for a, b in zip(gradients[:per_layer][chunk], gradients[per_layer:][chunk])]
-        norms = np.array([np.linalg.norm(g.numpy().astype(np.float64), axis=-1).mean() for g in total])[::-1]
+        found = tape.gradient(loss, probes[index], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        norms = np.array([np.linalg.norm(g.numpy().astype(np.float64), axis=-1).mean() for g in found])[::-1]
         radius, slope = _simple_rnn_prediction(layer.cell, np.stack([h.numpy() for h in hidden[index]]))
         layers.append(LayerGradients(norms, radius, slope))
     return layers

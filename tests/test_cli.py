@@ -18,8 +18,8 @@ from helpers import TINY, assert_user_error, run_cli, write_corpus
 
 # --help and `samplers` answer without TensorFlow ---------------------------------------------------
 
-HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["samplers"], ["corpus"], ["corpus", "synth"],
-                 ["corpus", "fetch"]]
+HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["export"], ["samplers"], ["corpus"],
+                 ["corpus", "synth"], ["corpus", "fetch"], ["gradients"], ["compare"]]
 
 _NO_TENSORFLOW = """
 import json, sys

@@ -64,25 +64,49 @@ def test_the_measurement_equals_the_jacobians_chained_by_hand(activation):
     np.testing.assert_allclose(layer.norms, by_hand(model, windows), rtol=2e-4)
 
 
-def test_a_fresh_simple_rnn_decays_geometrically_at_the_predicted_rate():
-    [layer] = gradients.measure(fresh("rnn"), random_windows(), through_time=True)
-    k, log_norms = np.arange(1, 30), np.log(layer.norms[1:])
+def with_larger_inputs(model: CharModel, scale: float) -> CharModel:
+    """The model with its character vectors `scale` times larger: Keras starts them within +-0.05, where a tanh
+    is nearly linear (slope 0.99); larger inputs bring the units into the curved part, as training does."""
+    model.embedding.embeddings.assign(model.embedding.embeddings * scale)
+    return model
+
+
+def log_linearity(norms: np.ndarray) -> float:
+    """R^2 of a straight line through log(norm) against k >= 1: 1 for an exactly geometric decay."""
+    k, log_norms = np.arange(1, len(norms)), np.log(norms[1:])
     fit = np.polyval(np.polyfit(k, log_norms, 1), k)
-    explained = 1 - np.sum((log_norms - fit) ** 2) / np.sum((log_norms - log_norms.mean()) ** 2)
-    assert explained > 0.95  # a straight line on a log scale: geometric
-    assert layer.measured_rate < 0.9 and layer.norms[-1] < 1e-2 * layer.norms[0]
-    # The prediction is a heuristic (exact for a normal W_hh and one slope for every unit and step); within 15%.
-    assert layer.predicted_rate == pytest.approx(layer.measured_rate, rel=0.15)
-    assert 0.9 < layer.spectral_radius < 1.1  # the orthogonal initializer's W_hh
+    return 1 - np.sum((log_norms - fit) ** 2) / np.sum((log_norms - log_norms.mean()) ** 2)
 
 
+@pytest.mark.parametrize("activation, input_scale", [("tanh", 10.0), ("sigmoid", 1.0)])
+def test_a_fresh_simple_rnn_decays_geometrically_at_the_predicted_rate(activation, input_scale):
+    model = with_larger_inputs(fresh("rnn", activation=activation), input_scale)
+    [layer] = gradients.measure(model, random_windows(), through_time=True)
+    assert log_linearity(layer.norms) > 0.97  # a straight line on a log scale: geometric
+    assert layer.measured_rate < 0.9 and layer.norms[-1] < 0.05 * layer.norms[0]
+    assert 0.99 < layer.spectral_radius < 1.01  # the orthogonal initializer's W_hh
+    # The prediction is exact for a normal W_hh with one slope for every unit and step; here the slopes
+    # vary (measured: 0.859 predicted against 0.871 for tanh, 0.235 against 0.236 for sigmoid). Within 5%.
+    assert layer.predicted_rate == pytest.approx(layer.measured_rate, rel=0.05)
+
+
+@pytest.mark.slow
 def test_the_lstm_keeps_far_more_gradient_at_long_k_than_the_simple_rnn():
-    windows = random_windows()
-    [rnn] = gradients.measure(fresh("rnn"), windows, through_time=True)
-    [lstm] = gradients.measure(fresh("lstm"), windows, through_time=True)
+    # Comparable scale: the same inputs, large enough that the SimpleRNN's tanh units work in their curved
+    # part (mean slope about 0.57), as a trained model's do; the LSTM's forget gate starts near
+    # sigmoid(3) = 0.95, where its cell state carries the gradient with little loss. Measured: ratios at
+    # k = 29 of 3.5e-2 against 5.2e-6 (6,700 times); the margin asked is 100 times.
+    windows = random_windows(count=8)
+    [rnn] = gradients.measure(with_larger_inputs(fresh("rnn"), 40.0), windows, through_time=True)
+    lstm_model = with_larger_inputs(fresh("lstm"), 40.0)
+    cell = lstm_model.recurrent_layers[0].cell
+    bias = cell.bias.numpy()
+    bias[cell.units:2 * cell.units] = 3.0  # gates i, f, g, o: the forget gate's bias
+    cell.bias.assign(bias)
+    [lstm] = gradients.measure(lstm_model, windows, through_time=True)
     # Relative to each cell's own k = 0, so the cells' different output scales do not count.
     assert lstm.ratios()[-1] > 100 * rnn.ratios()[-1]
-    assert lstm.measured_rate > rnn.measured_rate
+    assert lstm.measured_rate > 0.9 > rnn.measured_rate
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
