@@ -14,6 +14,7 @@ import pytest
 
 from chargen import scoring
 from chargen.checkpoints import Run
+from chargen.errors import ChargenError
 from chargen.generation import NumpyStepper
 from chargen.model import CharModel
 from chargen.training import LN2, Evaluator
@@ -81,7 +82,7 @@ def test_without_a_newline_the_first_character_is_context_and_unscored():
     total, count = Evaluator(model, seq_len=7, batch_size=1).score(vocab.encode("xyzzyx" * 10))
     assert score.bits_per_char == pytest.approx(total / count / LN2, rel=1e-6)
     assert score.to_dict()["surprisal_bits"][0] is None
-    with pytest.raises(Exception, match="at least one character after the first"):
+    with pytest.raises(ChargenError, match="at least one character after the first"):
         scoring.score_text(model, vocab, "x")
 
 
