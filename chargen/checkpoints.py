@@ -18,6 +18,9 @@ only after its snapshot is complete, and a run whose pointers are lost falls bac
 complete snapshot. Files and their folder are flushed to disk (fsync) before the rename that
 publishes them, and the rename itself after, so a power cut also leaves the old or the new
 (`atomic.py`). Only this module knows the folder's layout; `run_info.py` presents a run.
+
+Under several workers (TF_CONFIG, see `distribution.py`) only the chief writes: on the other workers a
+`Run` reads (to resume) but its writes do nothing, so the folder has one writer whatever the cluster.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from chargen.atomic import TEMPORARY_PREFIX, atomic_folder, atomic_write_text
+from chargen.distribution import this_process_writes
 from chargen.errors import ChargenError
 from chargen.vocab import Vocabulary
 
@@ -59,6 +63,7 @@ class Run:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.writes = this_process_writes()  # False on a worker that is not the chief
 
     @property
     def name(self) -> str:
@@ -68,6 +73,8 @@ class Run:
     def create(cls, path: Path, config: dict, vocab: Vocabulary) -> Run:
         """Make a new run folder with its config and vocabulary; an existing run is never overwritten."""
         path = Path(path)
+        if not this_process_writes():
+            return cls(path)  # the chief creates it
         if path.exists() and any(path.iterdir()):
             raise ChargenError(f"run folder {path} already exists; pass --resume to continue it "
                                "or choose another --run-name")
@@ -114,8 +121,11 @@ class Run:
 
     # Snapshots ---------------------------------------------------------------------------------
 
-    def save_snapshot(self, model, optimizer, progress: dict, states=None, best: bool = False) -> Path:
-        """Write a complete snapshot atomically, then point `last` (and `best` if asked) at it."""
+    def save_snapshot(self, model, optimizer, progress: dict, states=None, best: bool = False) -> Path | None:
+        """Write a complete snapshot atomically, then point `last` (and `best` if asked) at it; None on a worker
+        that is not the chief (nothing written)."""
+        if not self.writes:
+            return None
         snapshots = self.path / SNAPSHOTS
         name = f"step-{progress['step']:07d}-{uuid.uuid4().hex[:6]}"
         with atomic_folder(snapshots / name) as temporary:
@@ -226,6 +236,8 @@ class Run:
 
         A line torn by a kill is ended first, so the record after it (from the resumed run) stays whole.
         """
+        if not self.writes:
+            return
         path = self.path / "metrics.jsonl"
         torn = False
         if path.exists() and path.stat().st_size > 0:
@@ -276,5 +288,7 @@ def discard_unsaved_run(path: Path) -> None:
     """Remove a run folder that never completed a snapshot (training failed before its first save): it holds
     nothing to keep, and left behind it would block its name and be the run `chargen sample` picks as newest."""
     snapshots = Path(path) / SNAPSHOTS
+    if not this_process_writes():
+        return
     if snapshots.is_dir() and all(p.name.startswith(TEMPORARY_PREFIX) for p in snapshots.iterdir()):
         shutil.rmtree(path, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from chargen import corpus, finetune
+from chargen import corpus, encoded, finetune
 from chargen.checkpoints import Run
 from chargen.config import OPTIONS, PRECISIONS, RESUMABLE, STOP_LIMITS, TrainingConfig
 from chargen.errors import ChargenError
@@ -53,8 +53,10 @@ def versions() -> dict:
     return {"chargen": chargen.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def encode_and_split(text_corpus: corpus.Corpus, vocab: Vocabulary, config: TrainingConfig):
-    ids = vocab.encode(text_corpus.text)
+def encode_and_split(text_corpus: corpus.Corpus | encoded.EncodedCorpus, vocab: Vocabulary, config: TrainingConfig,
+                     drop_missing: bool = False):
+    """The corpus's ids in `vocab`, memory-mapped from the encoded cache, split into training and validation."""
+    ids = encoded.encode(text_corpus).ids_for(vocab, drop_missing)
     return corpus.split_ids(ids, config.val_fraction, config.seq_len)
 
 
@@ -64,20 +66,22 @@ def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Pa
 
     `xla`: compile the training step with XLA (like `--device`, a setting of this session, not of the run).
     """
-    vocab = Vocabulary.from_text(text_corpus.text)
+    text_corpus = encoded.encode(text_corpus)
+    vocab = text_corpus.vocab
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
+    config = config.resolved(len(train_ids))  # config.json records what was chosen
     run = Run.create(run_path, run_record(text_corpus, config, vocab), vocab)
     model = build_model(config, len(vocab))
     return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab,
                    xla=xla)
 
 
-def run_record(text_corpus: corpus.Corpus, config: TrainingConfig, vocab: Vocabulary) -> dict:
+def run_record(text_corpus: encoded.EncodedCorpus, config: TrainingConfig, vocab: Vocabulary) -> dict:
     """What a new run's config.json holds."""
     return {
         "training": config.to_dict(),
         "corpus": {"sources": [list(source) for source in text_corpus.sources],
-                   "characters": len(text_corpus.text), "bytes": text_corpus.num_bytes, "sha256": text_corpus.sha256},
+                   "characters": text_corpus.num_chars, "bytes": text_corpus.num_bytes, "sha256": text_corpus.sha256},
         "vocab_size": len(vocab),
         "versions": versions(),
     }
@@ -94,8 +98,10 @@ def finetune_session(text_corpus: corpus.Corpus, parent: Run, which: str, option
     config = finetune.inherited_config(TrainingConfig.from_saved(parent.config["training"]), options, given,
                                        parent.name)
     parent_vocab = parent.vocabulary()
+    text_corpus = encoded.encode(text_corpus)
     adapted = finetune.adapt_text(text_corpus.text, parent_vocab, new_chars, parent.name)
-    train_ids, val_ids = encode_and_split(dataclasses.replace(text_corpus, text=adapted.text), adapted.vocab, config)
+    train_ids, val_ids = encode_and_split(text_corpus, adapted.vocab, config, drop_missing=new_chars == "drop")
+    config = config.resolved(len(train_ids))
     parent_model = parent.load_model(which)
     snapshot = parent.snapshot_path(which)
     record = finetune.parent_record(parent.path.resolve(), which, snapshot.name, parent.load_progress(which)["step"],
@@ -128,9 +134,8 @@ def resume_session(text_corpus: corpus.Corpus, run: Run, given: dict, callbacks=
     recorded = TrainingConfig.from_saved(saved["training"])
     config = dataclasses.replace(recorded, **resumed_limits(recorded, given))
     vocab = run.vocabulary()
-    if saved.get("parent", {}).get("new_chars") == "drop":  # a fine-tuned run that dropped them drops them again
-        text_corpus = dataclasses.replace(text_corpus, text=finetune.drop_unknown(text_corpus.text, vocab))
-    train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
+    dropped = saved.get("parent", {}).get("new_chars") == "drop"  # a fine-tuned run that dropped them drops them again
+    train_ids, val_ids = encode_and_split(text_corpus, vocab, config, drop_missing=dropped)
     model = run.load_model("last")
     optimizer = make_optimizer(config)
     optimizer.build(model.trainable_variables)
@@ -161,7 +166,7 @@ def evaluate_run(run: Run, text_corpus: corpus.Corpus, which: str = "best", prec
     `chargen sample` runs it by default, and runs trained in different precisions are scored alike.
     """
     config = TrainingConfig.from_saved(run.config["training"])
-    ids = run.vocabulary().encode(text_corpus.text)
+    ids = encoded.encode(text_corpus).ids_for(run.vocabulary())  # memory-mapped: a text of any size is scored
     model = run.load_model(which).with_precision(PRECISIONS[precision])
     total, count = Evaluator(model, config.seq_len, config.batch_size).score(ids)
     nats = total / count

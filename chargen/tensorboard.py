@@ -85,7 +85,10 @@ class TensorBoardLogs(Callback):
         with self.writers["train"].as_default(step=step):
             if self.preview_length > 0 and trainer.vocab is not None and self._new("train", "preview", step):
                 tf.summary.text("preview", _as_markdown_code(self._preview(trainer, step)))
-            if self.histograms and self._new("train", "weights/" + _tag(trainer.model.trainable_variables[0]), step):
+            # Not under several replicas (--devices, TF_CONFIG): the gradients here would need a step of their own
+            # on every replica, and this callback runs on the chief alone.
+            if self.histograms and trainer.replicas == 1 and \
+                    self._new("train", "weights/" + _tag(trainer.model.trainable_variables[0]), step):
                 self._write_histograms(trainer)
         for writer in self.writers.values():  # before the snapshot is saved (that callback comes last)
             writer.flush()

@@ -184,6 +184,8 @@ class Trainer:
             raise ChargenError(f"--batch-size {config.batch_size} does not split evenly among {self.replicas} "
                                f"replicas; give a multiple of {self.replicas}")
         self.cluster = isinstance(self.distribution, tf.distribute.MultiWorkerMirroredStrategy)
+        self._gather_from_workers = tf.function(
+            lambda local: self.distribution.gather(self.distribution.run(tf.identity, args=(local,)), axis=0))
         self.carried_states = self._distribute_rows(self.carried_states)
         # XLA fuses the many small operations between the matrix products (see the README's Results). Under
         # several replicas the all-reduce between them stays outside XLA: each replica's gradients compile.
@@ -241,8 +243,7 @@ class Trainer:
         """The stop reason and schedule fraction all workers share: the most urgent reason, the largest fraction."""
         reasons = (None, "time", "interrupt")
         local = tf.constant([[reasons.index(stop), -1.0 if fraction is None else fraction]], tf.float32)
-        every = self.distribution.gather(self.distribution.run(tf.identity, args=(local,)), axis=0)  # [replicas, 2]
-        agreed = np.max(every.numpy(), axis=0)
+        agreed = np.max(self._gather_from_workers(local).numpy(), axis=0)  # over [replicas, 2]
         return reasons[int(agreed[0])], None if agreed[1] < 0 else float(agreed[1])
 
     def _distributed_step(self, inputs, targets, states):

@@ -1,0 +1,231 @@
+"""Training under tf.distribute: several replicas on one machine, and several worker processes.
+
+The equivalence tests compare against one device at the same global batch. The CPU is split into logical
+devices, or workers are started, in processes of their own, so the rest of the suite keeps its devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chargen.distribution import cluster_task, parse_devices
+from chargen.errors import ChargenError
+
+from helpers import TINY, assert_user_error, run_cli, write_corpus
+
+TESTS = Path(__file__).parent
+# Two replicas add the halves of a sum that one device adds at once: float32 rounding, amplified a little by
+# Adam's division by the root of its second moment over three steps.
+LOSS_TOLERANCE = 1e-5
+WEIGHT_TOLERANCE = 1e-5
+CASES = [
+    {"cell": cell, "mode": mode, "stateful": stateful}
+    for cell in ("rnn", "gru", "lstm")
+    for mode, stateful in (("bptt", False), ("bptt", True), ("teacher-forcing", False))
+] + [{"cell": "lstm", "mode": "bptt", "stateful": True, "xla": True}]
+
+
+def child_environment(**extra) -> dict:
+    """The environment of a process the test starts: this one's, one thread per pool, chargen importable."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": "1",
+                   "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1", **extra}
+    environment.pop("TF_CONFIG", None)
+    environment.update(extra)
+    return environment
+
+
+# --devices and TF_CONFIG, read without TensorFlow ------------------------------------------------
+
+def test_devices_takes_a_positive_count_or_all():
+    assert parse_devices("2") == 2 and parse_devices("all") is None
+    for wrong in ("0", "-1", "two", ""):
+        with pytest.raises(ChargenError, match="--devices takes a positive number"):
+            parse_devices(wrong)
+
+
+def test_the_chief_is_the_chief_task_or_else_worker_zero():
+    def task(kind, index, cluster):
+        return cluster_task(json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}}))
+
+    workers = {"worker": ["a:1", "b:1"]}
+    assert task("worker", 0, workers).chief and not task("worker", 1, workers).chief
+    assert task("worker", 1, workers).num_workers == 2
+    with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+    assert task("chief", 0, with_chief).chief and not task("worker", 0, with_chief).chief
+    assert task("worker", 0, with_chief).num_workers == 3
+    assert cluster_task(None) is None and cluster_task("") is None
+
+
+@pytest.mark.parametrize("tf_config, fragment", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "chief\" or \"worker"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "index must name one"),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}', "only \"chief\""),
+])
+def test_a_malformed_tf_config_is_one_line_before_training(tmp_path, monkeypatch, tf_config, fragment):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, *TINY, "--checkpoint-dir", tmp_path / "runs")
+    assert_user_error(result, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_devices_beyond_what_tensorflow_sees_is_one_line(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    result = run_cli("train", corpus, *TINY, "--device", "gpu", "--devices", "2", "--checkpoint-dir", tmp_path)
+    assert_user_error(result, "--device gpu")
+    result = run_cli("train", corpus, *TINY, "--devices", "x", "--checkpoint-dir", tmp_path)
+    assert_user_error(result, "--devices takes a positive number")
+
+
+# Several devices on one machine ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_replica_comparisons():
+    """Every case trained 3 steps on one device and on two logical CPU devices, in one subprocess."""
+    completed = subprocess.run([sys.executable, str(TESTS / "distributed_equivalence.py"), json.dumps(CASES)],
+                               capture_output=True, text=True, env=child_environment(), timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return [json.loads(line) for line in completed.stdout.splitlines()]
+
+
+@pytest.mark.slow
+def test_two_replicas_train_as_one_device_for_every_cell_and_mode(two_replica_comparisons):
+    assert len(two_replica_comparisons) == len(CASES)
+    for result in two_replica_comparisons:
+        assert result["steps"] == 3, result
+        assert result["weight_change"] > 100 * WEIGHT_TOLERANCE, result  # the steps did move the weights
+        assert result["loss"] < LOSS_TOLERANCE, result
+        assert result["weights"] < WEIGHT_TOLERANCE, result
+        if result["stateful"]:  # each replica carried its own rows' states; gathered, they are the batch's
+            assert result["state_rows"] and all(rows == 4 for rows in result["state_rows"]), result
+            assert result["states"] < WEIGHT_TOLERANCE, result
+
+
+@pytest.mark.slow
+def test_chargen_train_on_two_devices_saves_a_run_that_samples(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    command = [sys.executable, "-m", "chargen", "train", str(corpus), *TINY, "--stateful", "--devices", "2",
+               "--device", "cpu", "--checkpoint-dir", str(tmp_path), "--run-name", "two"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=child_environment(), timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "2 devices (/device:CPU:0, /device:CPU:1)" in completed.stderr
+    with np.load(next((tmp_path / "two" / "snapshots").iterdir()) / "states.npz") as states:
+        assert states["layer0_state0"].shape == (8, 16)  # the whole batch's rows, gathered from both replicas
+    result = run_cli("sample", tmp_path / "two", "--length", "20", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    odd = subprocess.run([*command[:-2], "--run-name", "odd", "--batch-size", "7"], capture_output=True, text=True,
+                         env=child_environment(), timeout=120)
+    assert odd.returncode != 0 and odd.stderr.strip().splitlines()[-1].startswith("Error: --batch-size 7 does not "
+                                                                                     "split evenly among 2 replicas")
+
+
+# Several machines: worker processes on localhost ------------------------------------------------
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for each in sockets:
+        each.bind(("localhost", 0))
+    ports = [each.getsockname()[1] for each in sockets]
+    for each in sockets:
+        each.close()
+    return ports
+
+
+def start_workers(corpus: Path, checkpoint_dirs: list[Path], *options: str) -> list[subprocess.Popen]:
+    """Two `chargen train` processes forming one cluster on localhost, each with its --checkpoint-dir;
+    worker 0 is the chief. One folder for both stands for storage the machines share (needed to resume)."""
+    addresses = [f"localhost:{port}" for port in free_ports(2)]
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+        command = [sys.executable, "-m", "chargen", "train", str(corpus), *options,
+                   "--checkpoint-dir", str(checkpoint_dirs[index]), "--run-name", "cluster"]
+        workers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=child_environment(TF_CONFIG=tf_config)))
+    return workers
+
+
+def finish(workers: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str]]:
+    results = []
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=timeout)
+        results.append((worker.returncode, stderr))
+    return results
+
+
+def last_weights(run: Path) -> list[np.ndarray]:
+    from chargen.checkpoints import Run
+
+    return [np.asarray(w) for w in Run.open(run).load_model("last").get_weights()]
+
+
+CLUSTER_RUN = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--embedding-dim", "8",
+               "--eval-every", "2", "--quiet", "--no-xla", "--stateful"]
+
+
+@pytest.mark.slow
+def test_two_workers_train_and_resume_as_one_process(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    own_folders = [tmp_path / "worker0", tmp_path / "worker1"]
+    results = finish(start_workers(corpus, own_folders, *CLUSTER_RUN, "--steps", "2"))
+    assert [code for code, _ in results] == [0, 0], results
+    assert "worker 0 of 2 workers (chief: writes the run), 2 replicas in all" in results[0][1]
+    assert not (tmp_path / "worker1").exists()  # only the chief writes
+    # To resume, every worker reads the last snapshot: the run folder must be on storage they share.
+    shared = [tmp_path / "worker0"] * 2
+    results = finish(start_workers(corpus, shared, *CLUSTER_RUN, "--steps", "4", "--resume"))
+    assert [code for code, _ in results] == [0, 0], results
+
+    reference = run_cli("train", corpus, *CLUSTER_RUN, "--steps", "4", "--checkpoint-dir", tmp_path / "single",
+                        "--run-name", "one")
+    assert reference.exit_code == 0, reference.output
+    cluster, single = tmp_path / "worker0" / "cluster", tmp_path / "single" / "one"
+    for mine, theirs in zip(last_weights(cluster), last_weights(single)):
+        np.testing.assert_allclose(mine, theirs, atol=WEIGHT_TOLERANCE)
+    for name in ("layer0_state0", "layer0_state1"):
+        with np.load(next((cluster / "snapshots").glob("step-0000004-*")) / "states.npz") as mine, \
+                np.load(next((single / "snapshots").glob("step-0000004-*")) / "states.npz") as theirs:
+            np.testing.assert_allclose(mine[name], theirs[name], atol=WEIGHT_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_stops_the_other_in_one_line_and_the_run_samples_and_resumes(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt")
+    chief, other = start_workers(corpus, [tmp_path / "worker0", tmp_path / "worker1"], *CLUSTER_RUN,
+                                 "--steps", "100000")
+    run = tmp_path / "worker0" / "cluster"
+    deadline = time.monotonic() + 90
+    while not (run / "pointers.json").exists() and time.monotonic() < deadline and chief.poll() is None:
+        time.sleep(0.2)
+    assert (run / "pointers.json").exists(), finish([chief, other])
+    other.send_signal(signal.SIGKILL)
+    began = time.monotonic()
+    (code, stderr), = finish([chief], timeout=120)
+    other.wait()
+    waited = time.monotonic() - began
+    lines = stderr.strip().splitlines()
+    assert code not in (0, None), stderr
+    assert lines[-1].startswith("Error: training stopped at step "), stderr
+    assert "another worker of the cluster stopped answering" in lines[-1]
+    assert "Traceback" not in stderr
+    assert waited < 60, waited
+
+    result = run_cli("sample", run, "--length", "20", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    step = json.loads((run / "snapshots" / json.loads((run / "pointers.json").read_text())["last"] /
+                       "progress.json").read_text())["step"]
+    result = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(step + 2), "--resume",
+                     "--checkpoint-dir", tmp_path / "worker0", "--run-name", "cluster")
+    assert result.exit_code == 0, result.output
+    assert f"step {step + 2}" in result.stdout
