@@ -23,6 +23,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import tensorflow as tf
 
@@ -52,8 +53,44 @@ def state_names(model) -> list[str]:
             for index, layer in enumerate(model.recurrent_layers) for entry in range(len(layer.cell.state_size))]
 
 
+class StepModule(tf.Module):
+    """The weights and the stateless `step`: all that the LiteRT file holds.
+
+    Args:
+        model: a built float32 `CharModel`.
+    """
+
+    def __init__(self, model):
+        super().__init__(name="network")
+        # The module tracks the layers' TensorFlow variables, not the Keras layers: the SavedModel stores each
+        # weight once, and the LiteRT converter folds them into constants (Keras's wrappers it leaves unset).
+        self._layers = SimpleNamespace(model=model)  # not a trackable: kept out of the SavedModel
+        self.weights = [weight.value for weight in model.weights]  # float32, so `value` is the tf.Variable itself
+        self.state_names = state_names(model)
+        self.state_sizes = [layer.cell.units for layer in model.recurrent_layers for _ in layer.cell.state_size]
+        state_specs = [tf.TensorSpec([None, size], tf.float32, name=name)
+                       for name, size in zip(self.state_names, self.state_sizes)]
+        self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
+                                                             *state_specs], autograph=False)
+
+    def advance(self, ids, states):
+        """One step of the network: ids `(batch,)`, states a flat list; returns logits `(batch, vocab)` and states."""
+        x = self._layers.model.embedding(ids)  # (batch, embedding_dim)
+        new_states, position = [], 0
+        for layer in self._layers.model.recurrent_layers:
+            count = len(layer.cell.state_size)
+            x, layer_states = layer.cell(x, list(states[position:position + count]))  # x (batch, units)
+            new_states.extend(layer_states)
+            position += count
+        return self._layers.model.head(x), new_states
+
+    def _step(self, ids, *states):
+        logits, new_states = self.advance(ids, states)
+        return {"logits": logits, **dict(zip(self.state_names, new_states))}
+
+
 class ServingModule(tf.Module):
-    """The exported object: the weights, the vocabulary table and the two signatures (see the module docstring).
+    """The exported object: the network, the vocabulary and its table, `generate` (see the module docstring).
 
     Args:
         model: a built float32 `CharModel`.
@@ -62,41 +99,19 @@ class ServingModule(tf.Module):
 
     def __init__(self, model, vocab: Vocabulary):
         super().__init__(name="chargen")
-        self._model = model
-        self.weights = list(model.weights)  # tracked, so the SavedModel stores them
+        self.network = StepModule(model)
         self.vocabulary = tf.Variable(vocab.chars, trainable=False, name="vocabulary")  # id -> character
         self.char_ids = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(vocab.chars), tf.range(len(vocab), dtype=tf.int32)),
             default_value=-1,
         )
         self._start_id = int(start_ids("", vocab)[0])  # where an empty prime starts, as in `chargen sample`
-        self._state_names = state_names(model)
-        self._state_sizes = [layer.cell.units for layer in model.recurrent_layers for _ in layer.cell.state_size]
-        state_specs = [tf.TensorSpec([None, size], tf.float32, name=name)
-                       for name, size in zip(self._state_names, self._state_sizes)]
-        self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
-                                                             *state_specs], autograph=False)
         self.generate = tf.function(self._generate, input_signature=[
             tf.TensorSpec([], tf.string, name="prime"),
             tf.TensorSpec([], tf.int32, name="length"),
             tf.TensorSpec([], tf.float32, name="temperature"),
             tf.TensorSpec([], tf.int64, name="seed"),
         ], autograph=False)
-
-    def _advance(self, ids, states):
-        """One step of the network: ids `(batch,)`, states a flat list; returns logits `(batch, vocab)` and states."""
-        x = self._model.embedding(ids)  # (batch, embedding_dim)
-        new_states, position = [], 0
-        for layer in self._model.recurrent_layers:
-            count = len(layer.cell.state_size)
-            x, layer_states = layer.cell(x, list(states[position:position + count]))  # x (batch, units)
-            new_states.extend(layer_states)
-            position += count
-        return self._model.head(x), new_states
-
-    def _step(self, ids, *states):
-        logits, new_states = self._advance(ids, states)
-        return {"logits": logits, **dict(zip(self._state_names, new_states))}
 
     def _generate(self, prime, length, temperature, seed):
         prime_ids = self.char_ids.lookup(tf.strings.unicode_split(prime, "UTF-8"))
@@ -107,16 +122,16 @@ class ServingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             prime_ids = tf.cond(tf.size(prime_ids) > 0, lambda: prime_ids, lambda: tf.constant([self._start_id]))
-        states = [tf.zeros([1, size], tf.float32) for size in self._state_sizes]
+        states = [tf.zeros([1, size], tf.float32) for size in self.network.state_sizes]
 
         def feed(t, states):
-            _, states = self._advance(prime_ids[t][None], states)
+            _, states = self.network.advance(prime_ids[t][None], states)
             return t + 1, states
 
         _, states = tf.while_loop(lambda t, _: t < tf.size(prime_ids) - 1, feed, (tf.constant(0), states))
 
         def sample(t, previous, states, drawn):
-            logits, states = self._advance(previous, states)  # logits (1, vocab)
+            logits, states = self.network.advance(previous, states)  # logits (1, vocab)
             next_id = tf.random.stateless_categorical(
                 logits / temperature, 1, seed=tf.stack([seed, tf.cast(t, tf.int64)]), dtype=tf.int32
             )[:, 0]  # (1,)
@@ -149,10 +164,11 @@ def export_run(run, output: Path | None = None, which: str = "best", fmt: str = 
     output.parent.mkdir(parents=True, exist_ok=True)
     replaced = output.with_name(TEMPORARY_PREFIX + "replaced-" + output.name)
     with atomic_folder(output) as temporary:
-        tf.saved_model.save(module, str(temporary), signatures={"step": module.step, "generate": module.generate})
+        signatures = {"step": module.network.step, "generate": module.generate}
+        tf.saved_model.save(module, str(temporary), signatures=signatures)
         (temporary / VOCAB_FILE).write_text(vocab.to_json(), encoding="utf-8")
         if fmt == "litert":
-            (temporary / LITERT_FILE).write_bytes(convert_step_to_litert(module))
+            (temporary / LITERT_FILE).write_bytes(convert_step_to_litert(module.network))
         if output.is_dir() and any(output.iterdir()):  # --force: the old export stays whole until now
             shutil.rmtree(replaced, ignore_errors=True)
             output.rename(replaced)
@@ -160,14 +176,14 @@ def export_run(run, output: Path | None = None, which: str = "best", fmt: str = 
     return Exported(output, _describe(module), output / LITERT_FILE if fmt == "litert" else None)
 
 
-def convert_step_to_litert(module: ServingModule) -> bytes:
+def convert_step_to_litert(network: StepModule) -> bytes:
     """The `step` signature as a LiteRT flatbuffer; a converter that cannot is a ChargenError.
 
-    Converted from the traced function, not the SavedModel folder: the folder's initialisation also fills
-    `generate`'s vocabulary table, whose string hash table LiteRT's built-in operations do not cover.
+    Converted from the step's own module, not the SavedModel folder: the folder also holds `generate`'s
+    vocabulary table (a string hash table), which LiteRT's built-in operations do not cover.
     """
     try:
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([module.step.get_concrete_function()], module)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([network.step.get_concrete_function()], network)
         return converter.convert()
     except Exception as error:  # the converter raises many types; its first line says what it could not handle
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -181,8 +197,8 @@ def _describe(module: ServingModule) -> dict[str, tuple[list[str], list[str]]]:
         return f"{name} {tensor_spec.dtype.name} ({shape})"
 
     described = {}
-    for name in ("step", "generate"):
-        function = getattr(module, name).get_concrete_function()
+    for name, traced in (("step", module.network.step), ("generate", module.generate)):
+        function = traced.get_concrete_function()
         inputs = [spec(s.name, s) for s in function.structured_input_signature[0]]
         outputs = [spec(key, value) for key, value in function.structured_outputs.items()]
         described[name] = (inputs, outputs)
