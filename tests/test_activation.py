@@ -26,8 +26,8 @@ def test_the_numpy_stepper_computes_each_activation_as_the_model_does(activation
     model = CharModel(25, cell="rnn", num_layers=2, units=16, embedding_dim=8, activation=activation)
     model.build()
     rng = np.random.default_rng(3)
-    for weight in model.weights:
-        weight.assign(rng.normal(0.0, 0.4, size=tuple(weight.shape)).astype("float32"))
+    for weight in model.weights:  # small enough that relu's unbounded units stay within float32's 1e-5 here
+        weight.assign(rng.normal(0.0, 0.25, size=tuple(weight.shape)).astype("float32"))
     assert all(layer.cell.activation == activation for layer in model.recurrent_layers)
     assert_stepper_matches_model(model)
 
@@ -52,6 +52,7 @@ def test_the_cli_refuses_an_activation_for_a_gated_cell(tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
+@pytest.mark.slow
 def test_a_run_records_its_activation_and_info_shows_it(tmp_path):
     corpus = write_corpus(tmp_path / "words.txt")
     checkpoint_dir = tmp_path / "ck"
