@@ -133,6 +133,9 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
           encoding_errors, device, devices, xla, preview_length, histograms, quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
     _check_init_options(ctx, resume, init_from)
+    from chargen.distribution import check_placement_options
+
+    check_placement_options(devices)  # a malformed --devices or TF_CONFIG fails before TensorFlow loads
     text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
     if not quiet:
         click.echo(cache_line, err=True)
@@ -420,7 +423,7 @@ def score(run, file, html_path, as_json, which, checkpoint_dir, encoding, encodi
                + ("scored after a newline prime)" if scored.first_scored else "unscored: no newline to prime with)"))
     click.echo("most surprising:")
     for index, bits, context in scoring.most_surprising(scored):
-        click.echo(f"  {bits:6.2f} bits  {text[index]!r} at {index:,}, in {context!r}")
+        click.echo(f"  {bits:6.2f} bits  at {index:,}: {context!r}")
 
 
 @cli.command()

@@ -175,6 +175,9 @@ def to_html(score: TextScore, title: str) -> str:
 
 
 def most_surprising(score: TextScore, count: int = 5, context: int = 20) -> list[tuple[int, float, str]]:
-    """The `count` most surprising positions, each as (index, bits, the text around it)."""
+    """The `count` most surprising positions, each as (index, bits, the text around it with the character
+    in brackets)."""
     order = np.argsort(-np.nan_to_num(score.bits, nan=-1.0), kind="stable")[:count]
-    return [(int(i), float(score.bits[i]), score.text[max(0, i - context):i + context // 2]) for i in order]
+    text, after = score.text, context // 2
+    return [(int(i), float(score.bits[i]), f"{text[max(0, i - context):i]}[{text[i]}]{text[i + 1:i + 1 + after]}")
+            for i in order]

@@ -174,8 +174,10 @@ def test_the_summary_names_the_figure_and_the_most_surprising_characters(trained
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{as_json['bits_per_char']:.4f} bits per character, perplexity "
                                f"{as_json['perplexity']:.3f} over 30 characters (tiny, last model; the first")
-    worst = max(as_json["surprisal_bits"])
-    assert lines[1] == "most surprising:" and lines[2].strip().startswith(f"{worst:.2f} bits")
+    worst = int(np.argmax(as_json["surprisal_bits"]))
+    assert lines[1] == "most surprising:"
+    assert lines[2].strip().startswith(f"{as_json['surprisal_bits'][worst]:.2f} bits  at {worst}: ")
+    assert f"[{repr(as_json['text'][worst])[1:-1]}]" in lines[2]
     assert len(lines) == 7
 
 
