@@ -67,11 +67,6 @@ def adapt_text(text: str, parent_vocab: Vocabulary, new_chars: str, parent_name:
                        "them from the text, or --new-chars grow to add them to the vocabulary")
 
 
-def drop_unknown(text: str, vocab: Vocabulary) -> str:
-    """`text` without the characters `vocab` lacks (what a resumed `--new-chars drop` run trains on)."""
-    return adapt_text(text, vocab, "drop", "").text
-
-
 def transplant_weights(parent_model, model, parent_vocab: Vocabulary, vocab: Vocabulary) -> None:
     """Copy every trained weight of `parent_model` into `model` (the same architecture, built, `vocab` a
     superset of `parent_vocab`): the recurrent layers whole, the embedding and output rows by character.

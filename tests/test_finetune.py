@@ -50,7 +50,6 @@ def test_drop_removes_every_occurrence_and_counts_them():
     adapted = finetune.adapt_text("a\u00e9b\u00e9c X\n", parent, "drop", "p")
     assert adapted.text == "abc \n"
     assert (adapted.dropped, adapted.missing, adapted.vocab) == (3, "X\u00e9", parent)
-    assert finetune.drop_unknown("a\u00e9b", parent) == "ab"
 
 
 def test_grow_adds_the_missing_characters_to_the_vocabulary():
