@@ -170,6 +170,7 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         settings = trainer.config
         click.echo(
             f"training {settings.cell} x{settings.num_layers}x{settings.units} ({settings.mode}"
+            f"{', stateful' if settings.stateful else ''}"
             f"{'' if settings.precision == 'float32' else ', ' + settings.precision}) on "
             f"{len(trainer.train_ids):,} characters, validating on {_validation_size(trainer)}; "
             f"{placement.description}{'' if xla else ' (no XLA)'}; run {run_path}"
@@ -447,7 +448,7 @@ def info(run, checkpoint_dir, as_json):
     click.echo(f"vocabulary   {details['vocab_size']} characters")
     if details["parent"]:
         click.echo(f"fine-tuned   {_fine_tuning_line(details['parent']).removeprefix('starting ')}")
-    click.echo(f"training     {details['mode']}, {details['steps']:,} steps, "
+    click.echo(f"training     {details['mode']}{', stateful' if details['stateful'] else ''}, {details['steps']:,} steps, "
                f"{details['chars_seen']:,} characters seen")
     click.echo(f"precision    {details['precision']}" + ("" if details["precision"] == "float32" else
                                                           " (float32 weights, optimizer, logits and loss)"))

@@ -152,8 +152,8 @@ TRAINING_OPTIONS = (
              "What to do with bytes that do not decode: strict (stop), replace or ignore.", choices=ENCODING_ERRORS),
     _session("device", "auto", str, "Where to train (auto: a GPU when TensorFlow sees one).", choices=DEVICES),
     _session("devices", "1", str,
-             "Train data-parallel on this many devices of --device's kind, or all, sharing each batch's rows "
-             "(on a CPU: logical devices split from it). With TF_CONFIG, each worker uses its own.", metavar="N|all"),
+             "Train data-parallel on N devices of --device's kind (all: every one), sharing each batch's rows "
+             "(on a CPU: N logical devices split from it). With TF_CONFIG, each worker uses its own.", metavar="N"),
     _session("xla", True, bool, "Compile the training step with XLA (faster steps, a few seconds more to start)."),
     _session("preview_length", 120, int,
              "Characters of sample shown at each evaluation, and logged for TensorBoard (0: none)."),

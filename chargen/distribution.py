@@ -101,6 +101,14 @@ def cluster_task(tf_config: str | None) -> ClusterTask | None:
     return ClusterTask(task_type, index, num_workers, has_chief=bool(cluster.get("chief")))
 
 
+def check_placement_options(devices: str) -> None:
+    """Check --devices and TF_CONFIG without TensorFlow, so a mistake shows at once."""
+    parse_devices(devices)
+    if cluster_task(os.environ.get("TF_CONFIG")) is not None and devices != "1":
+        raise ChargenError("--devices applies to one machine; with TF_CONFIG each worker trains on its own "
+                           f"devices (every GPU it has, else its CPU). Received: --devices {devices}")
+
+
 def choose_placement(device: str, devices: str) -> Placement:
     """The strategy for `--device` and `--devices`, or for the cluster in TF_CONFIG.
 
@@ -108,12 +116,10 @@ def choose_placement(device: str, devices: str) -> Placement:
     """
     import tensorflow as tf
 
+    check_placement_options(devices)
     count = parse_devices(devices)
     task = cluster_task(os.environ.get("TF_CONFIG"))
     if task is not None:
-        if devices != "1":
-            raise ChargenError("--devices applies to one machine; with TF_CONFIG each worker trains on its own "
-                               f"devices (every GPU it has, else its CPU). Received: --devices {devices}")
         return _cluster_placement(tf, task, device)
     kind = _device_kind(tf, device)
     if kind == "CPU" and count is not None and count > 1:
