@@ -137,8 +137,6 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
 
     check_placement_options(devices)  # a malformed --devices or TF_CONFIG fails before TensorFlow loads
     text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
-    if not quiet:
-        click.echo(cache_line, err=True)
     _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import checkpoints, distribution, sessions
     from chargen.reporting import Preview, ProgressBar
@@ -179,6 +177,8 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         )
         if init_from and not resume:
             click.echo(_fine_tuning_line(parent_record), err=True)
+        if not quiet:
+            click.echo(cache_line, err=True)
         limit = trainer.step_limit()
         if resume and limit is not None and trainer.progress.step >= limit:
             click.echo(f"the run already reached step {trainer.progress.step}, its limit; pass a larger --steps "

@@ -47,6 +47,7 @@ def describe_run(run: Run) -> dict:
         "units": config.units,
         "embedding_dim": config.embedding_dim,
         "mode": config.mode,
+        "stateful": bool(config.stateful),
         "precision": config.precision,
         "parameters": sum(math.prod(weight["shape"]) for weight in weights),
         "vocab_size": vocab_size,
