@@ -1,16 +1,18 @@
 """Corpora: read text from files, folders or a built-in source; split it; cut it into training windows.
 
 Reading needs only the standard library and numpy, so it stays fast; TensorFlow is imported inside
-`training_dataset` alone.
+`training_dataset` alone. A corpus is read in chunks when asked for, never held whole unless asked
+(`Corpus.text`): `encoded.py` streams it into ids on disk, read through a memory map, so the windows
+below come from a corpus of any size.
 
 Batches are a pure function of (seed, step): the data position of a run is its step number, so a resumed
-run sees exactly the batches it would have seen without the interruption. `training_batch` (numpy) and
-`training_dataset` (tf.data, the fast path) compute the same arrays from the same formula:
+run sees exactly the batches it would have seen without the interruption. `training_batch` computes a
+step's batch in numpy; `training_dataset` serves those batches to TensorFlow, prefetched:
 
 - Random windows (the default): the start of row b at step s is
   splitmix64(splitmix64(splitmix64(seed) ^ s) + b * golden) mod (number of starts), a counter-based hash
-  that numpy and TensorFlow both evaluate in uint64 arithmetic. Windows are drawn with replacement, so
-  an "epoch" (`steps_per_epoch`) is a character count, not a guarantee that each window is seen once.
+  in uint64 arithmetic. Windows are drawn with replacement, so an "epoch" (`steps_per_epoch`) is a
+  character count, not a guarantee that each window is seen once.
 - Stateful windows: the text is cut into `batch_size` contiguous streams of `windows_per_stream * seq_len`
   characters, and row b of step s holds window (s mod windows_per_stream) of stream b. Consecutive steps
   continue each row where it stopped, so the final state of a window can seed the next; one epoch
@@ -20,36 +22,140 @@ run sees exactly the batches it would have seen without the interruption. `train
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
+import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from chargen.config import ENCODING_ERRORS
+from chargen.config import ENCODING_ERRORS, stateful_minimum
 from chargen.errors import ChargenError
 
 # Several files become one stream with this between them: a blank line, which reads as a paragraph
 # break to the model and is ordinary text in nearly every corpus.
 SEPARATOR = "\n\n"
 BUILTIN_PREFIX = "builtin:"
+READ_BYTES = 1 << 22  # bytes read from a file at a time
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX_1 = 0xBF58476D1CE4E5B9
 _MIX_2 = 0x94D049BB133111EB
 
 
+class Fingerprint(NamedTuple):
+    sha256: str  # of all the bytes read, in order
+    sizes: tuple[int, ...]  # bytes of each source
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input of a corpus: a file, or a built-in text (`path` None)."""
+
+    name: str  # the path as given or found, or builtin:NAME
+    path: Path | None
+
+
 @dataclass(frozen=True)
 class Corpus:
-    """A text ready to train on, and where it came from (recorded in a run's config)."""
+    """What to read and how to decode it; the text itself is read when asked for, in chunks.
 
-    text: str = field(repr=False)  # every source's text, joined with SEPARATOR
-    sources: tuple[tuple[str, int], ...]  # (path or builtin:name, characters) in reading order
-    sha256: str  # hex digest of the raw bytes read, in order (a built-in's UTF-8 text)
-    num_bytes: int  # raw bytes read
+    A corpus may be far larger than memory: `chunks` streams its text, `fingerprint` its bytes, and
+    `encoded.encode` turns it into ids on disk. `text` and `sources` read it whole, for small corpora.
+    """
+
+    inputs: tuple[Source, ...]  # in reading order
+    encoding: str = "utf-8"  # of the files; a built-in text is always UTF-8
+    errors: str = "strict"  # what to do with undecodable bytes: strict, replace or ignore
+
+    @functools.cached_property
+    def fingerprint(self) -> Fingerprint:
+        """The sha256 and sizes of the bytes read (one pass over them, no decoding)."""
+        digest, sizes = hashlib.sha256(), []
+        for source in self.inputs:
+            size = 0
+            for data in self._byte_chunks(source):
+                digest.update(data)
+                size += len(data)
+            sizes.append(size)
+        return Fingerprint(digest.hexdigest(), tuple(sizes))
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the raw bytes read, in order (a built-in's UTF-8 text)."""
+        return self.fingerprint.sha256
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(self.fingerprint.sizes)
+
+    @functools.cached_property
+    def text(self) -> str:
+        """Every source's text, joined with SEPARATOR (read whole: for corpora that fit in memory)."""
+        text = "".join(piece for _, piece in self.chunks())
+        if not text or text.isspace():
+            self.refuse_blank()
+        return text
+
+    @functools.cached_property
+    def sources(self) -> tuple[tuple[str, int], ...]:
+        """(path or builtin:NAME, characters) in reading order."""
+        counts = [0] * len(self.inputs)
+        for index, piece in self.chunks():
+            if index is not None:
+                counts[index] += len(piece)
+        return tuple((source.name, count) for source, count in zip(self.inputs, counts))
+
+    def chunks(self, digest=None) -> Iterator[tuple[int | None, str]]:
+        """The text in pieces of at most a few million characters: (index of the source, piece), and
+        (None, SEPARATOR) between two sources. `digest` (a hashlib object), if given, is fed the bytes read.
+
+        Each file is decoded incrementally, so a character whose bytes straddle two reads decodes
+        whole; an undecodable byte under errors="strict" is a `ChargenError` naming the file and offset.
+        """
+        for index, source in enumerate(self.inputs):
+            if index:
+                yield None, SEPARATOR
+            encoding, errors = (self.encoding, self.errors) if source.path else ("utf-8", "strict")
+            decoder = codecs.getincrementaldecoder(encoding)(errors)
+            offset = 0  # bytes of this source passed to the decoder so far
+            for data in itertools.chain(self._byte_chunks(source), [b""]):
+                if digest is not None:
+                    digest.update(data)
+                pending = len(decoder.getstate()[0])  # bytes of an unfinished character, held back
+                try:
+                    piece = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as error:
+                    raise ChargenError(
+                        f"cannot decode {source.name} as {encoding}: byte 0x{error.object[error.start]:02x} at byte "
+                        f"offset {offset - pending + error.start} ({error.reason}); pass --encoding, e.g. "
+                        "--encoding latin-1, or --encoding-errors replace"
+                    ) from None
+                offset += len(data)
+                if piece:
+                    yield index, piece
+
+    def refuse_blank(self) -> None:
+        names = ", ".join(source.name for source in self.inputs[:3]) + (", ..." if len(self.inputs) > 3 else "")
+        raise ChargenError(f"the corpus is empty: {names} hold(s) no text besides whitespace; "
+                           "pass files that contain text")
+
+    @staticmethod
+    def _byte_chunks(source: Source) -> Iterator[bytes]:
+        if source.path is None:
+            data = BUILTIN_CORPORA[source.name[len(BUILTIN_PREFIX):]]().encode("utf-8")
+            yield from (data[start:start + READ_BYTES] for start in range(0, len(data), READ_BYTES))
+            return
+        try:
+            with open(source.path, "rb") as file:
+                while data := file.read(READ_BYTES):
+                    yield data
+        except OSError as error:
+            raise ChargenError(f"cannot read {source.name}: {error.strerror}") from None
 
 
 def _python_docs_text() -> str:
@@ -66,10 +172,11 @@ BUILTIN_CORPORA: dict[str, Callable[[], str]] = {"python-docs": _python_docs_tex
 def read_corpus(
     paths: str | os.PathLike | Sequence[str | os.PathLike], encoding: str = "utf-8", errors: str = "strict"
 ) -> Corpus:
-    """Read files and folders as one text; folders give their regular files recursively, sorted by path.
+    """Files and folders as one text; folders give their regular files recursively, sorted by path.
 
     Hidden files and folders (names starting with ".") inside a folder are skipped; a file named
-    directly is always read.
+    directly is always read. The paths and the encoding are checked now; the files are read when the
+    corpus's text, fingerprint or chunks are asked for.
 
     Args:
         paths: one path or several, each a file or a folder.
@@ -79,12 +186,12 @@ def read_corpus(
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     _check_encoding(encoding, errors)
-    return _assemble(piece for path in paths for piece in _file_pieces(Path(path), encoding, errors))
+    return Corpus(tuple(source for path in paths for source in _file_sources(Path(path))), encoding, errors)
 
 
 def builtin_corpus(name: str) -> Corpus:
     """One of `BUILTIN_CORPORA` by name, e.g. "python-docs"."""
-    return _assemble([_builtin_piece(name)])
+    return Corpus((_builtin_source(name),))
 
 
 def resolve_corpus(
@@ -99,15 +206,13 @@ def resolve_corpus(
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     _check_encoding(encoding, errors)
-
-    def pieces() -> Iterator[tuple[str, bytes, str]]:
-        for path in paths:
-            if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
-                yield _builtin_piece(path[len(BUILTIN_PREFIX):])
-            else:
-                yield from _file_pieces(Path(path), encoding, errors)
-
-    return _assemble(pieces())
+    sources = []
+    for path in paths:
+        if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
+            sources.append(_builtin_source(path[len(BUILTIN_PREFIX):]))
+        else:
+            sources += _file_sources(Path(path))
+    return Corpus(tuple(sources), encoding, errors)
 
 
 def _check_encoding(encoding: str, errors: str) -> None:
@@ -123,29 +228,12 @@ def _check_encoding(encoding: str, errors: str) -> None:
                            f"Received: encoding={encoding!r}")
 
 
-def _file_pieces(path: Path, encoding: str, errors: str) -> Iterator[tuple[str, bytes, str]]:
-    """(path, raw bytes, text) for each file that `path` names, read one at a time."""
-    for file in _files_under(path):
-        try:
-            data = file.read_bytes()
-        except OSError as error:
-            raise ChargenError(f"cannot read {file}: {error.strerror}") from None
-        try:
-            text = data.decode(encoding, errors)
-        except UnicodeDecodeError as error:
-            raise ChargenError(
-                f"cannot decode {file} as {encoding}: byte 0x{data[error.start]:02x} at byte offset {error.start} "
-                f"({error.reason}); pass --encoding, e.g. --encoding latin-1, or --encoding-errors replace"
-            ) from None
-        yield str(file), data, text
-
-
-def _files_under(path: Path) -> list[Path]:
+def _file_sources(path: Path) -> list[Source]:
     if not path.exists():
         raise ChargenError(f"corpus path not found: {path}; check the path, or use "
                            f"{BUILTIN_PREFIX}python-docs for the built-in corpus")
     if path.is_file():
-        return [path]
+        return [Source(str(path), path)]
     if not path.is_dir():
         raise ChargenError(f"corpus path is neither a regular file nor a folder: {path}")
     files = []
@@ -156,33 +244,15 @@ def _files_under(path: Path) -> list[Path]:
     if not files:
         raise ChargenError(f"folder {path} has no files to read (hidden files and folders are skipped); "
                            "put text files in it or name the files")
-    return files
+    return [Source(str(file), file) for file in files]
 
 
-def _builtin_piece(name: str) -> tuple[str, bytes, str]:
+def _builtin_source(name: str) -> Source:
     if name not in BUILTIN_CORPORA:
         raise ChargenError(f"unknown built-in corpus; the built-in corpora are "
                            f"{', '.join(BUILTIN_PREFIX + known for known in sorted(BUILTIN_CORPORA))}. "
                            f"Received: name={name!r}")
-    text = BUILTIN_CORPORA[name]()
-    return BUILTIN_PREFIX + name, text.encode("utf-8"), text
-
-
-def _assemble(pieces: Iterable[tuple[str, bytes, str]]) -> Corpus:
-    """Join the pieces' texts with SEPARATOR, hashing their raw bytes as they pass."""
-    digest = hashlib.sha256()
-    texts, sources, num_bytes = [], [], 0
-    for source, data, text in pieces:
-        digest.update(data)
-        num_bytes += len(data)
-        texts.append(text)
-        sources.append((source, len(text)))
-    text = SEPARATOR.join(texts)
-    if not text or text.isspace():
-        names = ", ".join(source for source, _ in sources[:3]) + (", ..." if len(sources) > 3 else "")
-        raise ChargenError(f"the corpus is empty: {names} hold(s) no text besides whitespace; "
-                           "pass files that contain text")
-    return Corpus(text=text, sources=tuple(sources), sha256=digest.hexdigest(), num_bytes=num_bytes)
+    return Source(BUILTIN_PREFIX + name, None)
 
 
 def split_ids(ids: np.ndarray, val_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,31 +321,23 @@ def training_dataset(
     """An endless `tf.data.Dataset` of training batches from step `start_step` on.
 
     Element i is `training_batch(..., step=start_step + i)` as (int32[batch_size, seq_len],
-    int32[batch_size, seq_len]), computed in TensorFlow (hash, gather) in parallel and prefetched.
+    int32[batch_size, seq_len]), gathered by numpy from `train_ids` (an array, or a memory map of a
+    corpus larger than memory: only the windows drawn are read) and prefetched while the step runs.
     """
     import tensorflow as tf
 
     _check_training_text(len(train_ids), seq_len, batch_size, stateful)
-    ids = tf.constant(np.asarray(train_ids, dtype=np.int32))  # [N]
-    offsets = tf.range(seq_len + 1, dtype=tf.int64)  # [seq_len + 1]
-    rows = tf.range(batch_size, dtype=tf.int64)  # [B]
-    windows_per_stream = steps_per_epoch(len(train_ids), seq_len, batch_size)
-    seed_key = tf.constant(int(_splitmix64_numpy(np.uint64(seed % 2**64))), dtype=tf.uint64)
-    num_starts = tf.constant(len(train_ids) - seq_len, dtype=tf.uint64)
 
     def batch_at(step):
-        if stateful:
-            starts = (rows * windows_per_stream + step % windows_per_stream) * seq_len  # [B]
-        else:
-            step_key = _splitmix64_tf(tf.bitwise.bitwise_xor(seed_key, tf.cast(step, tf.uint64)))
-            hashes = _splitmix64_tf(step_key + tf.cast(rows, tf.uint64) * tf.constant(_GOLDEN, tf.uint64))  # [B]
-            starts = tf.cast(hashes % num_starts, tf.int64)  # [B]
-        windows = tf.gather(ids, starts[:, None] + offsets[None, :])  # [B, seq_len + 1]
-        return windows[:, :-1], windows[:, 1:]
+        return training_batch(train_ids, seq_len, batch_size, seed, int(step), stateful)
+
+    def batch_tensors(step):
+        inputs, targets = tf.numpy_function(batch_at, [step], (tf.int32, tf.int32), stateful=False)
+        return tf.ensure_shape(inputs, (batch_size, seq_len)), tf.ensure_shape(targets, (batch_size, seq_len))
 
     return (
         tf.data.Dataset.counter(start=start_step)
-        .map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(batch_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -288,7 +350,35 @@ class EvaluationBatch(NamedTuple):
     weights: np.ndarray  # float32[rows, seq_len], 1 where the target is scored, 0 on padding
 
 
-def evaluation_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> tuple[list[EvaluationBatch], int]:
+class EvaluationBatches(Sequence):
+    """The batches of `evaluation_batches`, each cut from the ids when asked for, so scoring a text
+    larger than memory needs memory for one batch only."""
+
+    def __init__(self, ids: np.ndarray, seq_len: int, batch_size: int):
+        num_predictions = len(ids) - 1
+        num_rows = min(batch_size, num_predictions)
+        self.lengths = np.full(num_rows, num_predictions // num_rows)  # [rows]
+        self.lengths[:num_predictions % num_rows] += 1
+        self.stream_starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])  # [rows]
+        self.ids, self.seq_len = ids, seq_len
+        self.num_windows = -(-int(self.lengths.max()) // seq_len)
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __getitem__(self, window: int) -> EvaluationBatch:
+        if not -self.num_windows <= window < self.num_windows:
+            raise IndexError(window)
+        window %= self.num_windows
+        positions = window * self.seq_len + np.arange(self.seq_len)  # [seq_len]
+        input_index = np.minimum(self.stream_starts[:, None] + positions, len(self.ids) - 2)  # [rows, seq_len]
+        inputs = np.asarray(self.ids[input_index], dtype=np.int32)
+        targets = np.asarray(self.ids[input_index + 1], dtype=np.int32)
+        weights = (positions[None, :] < self.lengths[:, None]).astype(np.float32)  # [rows, seq_len]
+        return EvaluationBatch(inputs, targets, weights)
+
+
+def evaluation_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> tuple[EvaluationBatches, int]:
     """Windows that score every character of `ids` but the first exactly once, for a stateful evaluation.
 
     The len(ids) - 1 predictions are shared among min(batch_size, len(ids) - 1) contiguous streams, one per
@@ -299,36 +389,20 @@ def evaluation_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> tuple[
     The figure depends only on the text, seq_len and batch_size.
 
     Returns:
-        (batches, number of scored characters = len(ids) - 1 = the sum of all weights). Bits per character
-        is sum(weights * cross-entropy in bits) / scored.
+        (batches, a sequence made as it is read; number of scored characters = len(ids) - 1 = the sum of all
+        weights). Bits per character is sum(weights * cross-entropy in bits) / scored.
     """
     _check_positive(seq_len=seq_len, batch_size=batch_size)
-    num_predictions = len(ids) - 1
-    if num_predictions < 1:
+    if len(ids) < 2:
         raise ChargenError(f"evaluation needs a text of at least 2 characters. Received: {len(ids)} character(s)")
-    num_rows = min(batch_size, num_predictions)
-    lengths = np.full(num_rows, num_predictions // num_rows)  # [rows]
-    lengths[:num_predictions % num_rows] += 1
-    stream_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # [rows]
-    num_windows = -(-int(lengths.max()) // seq_len)
-    positions = np.arange(num_windows * seq_len)  # [T]
-    input_index = np.minimum(stream_starts[:, None] + positions, num_predictions - 1)  # [rows, T]
-    ids = np.asarray(ids, dtype=np.int32)
-    inputs = ids[input_index]  # [rows, T]
-    targets = ids[input_index + 1]  # [rows, T]
-    weights = (positions[None, :] < lengths[:, None]).astype(np.float32)  # [rows, T]
-    batches = [
-        EvaluationBatch(inputs[:, window], targets[:, window], weights[:, window])
-        for window in (slice(start, start + seq_len) for start in range(0, num_windows * seq_len, seq_len))
-    ]
-    return batches, num_predictions
+    return EvaluationBatches(ids, seq_len, batch_size), len(ids) - 1
 
 
 def _check_training_text(num_chars: int, seq_len: int, batch_size: int, stateful: bool) -> None:
     _check_positive(seq_len=seq_len, batch_size=batch_size)
-    if stateful and num_chars < batch_size * seq_len + 1:
+    if stateful and num_chars < stateful_minimum(batch_size, seq_len):
         raise ChargenError(f"stateful training cuts the text into batch_size streams of at least one window: "
-                           f"{batch_size * seq_len + 1:,} characters for batch_size {batch_size} and seq_len "
+                           f"{stateful_minimum(batch_size, seq_len):,} characters for batch_size {batch_size} and seq_len "
                            f"{seq_len}, and the training text has {num_chars:,}; lower --batch-size or --seq-len")
     if num_chars < seq_len + 1:
         raise ChargenError(f"the training text has {num_chars:,} characters; a window of seq_len {seq_len} "
@@ -348,16 +422,3 @@ def _splitmix64_numpy(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX_1)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX_2)
         return z ^ (z >> np.uint64(31))
-
-
-def _splitmix64_tf(x):
-    """`_splitmix64_numpy` in TensorFlow ops, on a uint64 tensor."""
-    import tensorflow as tf
-
-    def xor_shift(z, bits):
-        return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(bits, tf.uint64)))
-
-    z = x + tf.constant(_GOLDEN, tf.uint64)
-    z = xor_shift(z, 30) * tf.constant(_MIX_1, tf.uint64)
-    z = xor_shift(z, 27) * tf.constant(_MIX_2, tf.uint64)
-    return xor_shift(z, 31)

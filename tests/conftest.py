@@ -20,6 +20,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def encoded_cache_in_a_temporary_folder(tmp_path_factory):
+    """Corpora the tests train on are encoded into a folder of the session, never into the user's cache."""
+    saved = os.environ.get("CHARGEN_CACHE_DIR")
+    os.environ["CHARGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("encoded-cache"))
+    yield
+    if saved is None:
+        del os.environ["CHARGEN_CACHE_DIR"]
+    else:
+        os.environ["CHARGEN_CACHE_DIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def no_debug_from_environment(monkeypatch):
     """A developer's CHARGEN_DEBUG=1 must not turn the one-line errors the tests expect into tracebacks."""

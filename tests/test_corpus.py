@@ -71,7 +71,7 @@ def test_latin_1_is_read_when_asked_for(tmp_path):
 def test_undecodable_bytes_name_the_file_the_offset_and_the_fix(tmp_path):
     file = write(tmp_path / "old.txt", "abc déjà".encode("latin-1"))
     with pytest.raises(ChargenError) as raised:
-        read_corpus(file)
+        _ = read_corpus(file).text  # the files are read when the text is asked for
     message = str(raised.value)
     assert str(file) in message and "byte 0xe9 at byte offset 5" in message
     assert "--encoding latin-1" in message and "--encoding-errors replace" in message
@@ -111,7 +111,7 @@ def test_missing_paths_and_empty_folders_are_refused(tmp_path):
 def test_empty_or_blank_corpora_are_refused(tmp_path, content):
     file = write(tmp_path / "blank.txt", content)
     with pytest.raises(ChargenError, match="the corpus is empty: .*blank.txt"):
-        read_corpus(file)
+        _ = read_corpus(file).text
 
 
 def test_builtin_python_docs_is_large_and_stable():
@@ -240,6 +240,21 @@ def test_dataset_equals_numpy_and_resumes_at_any_step(stateful):
         np.testing.assert_array_equal(targets, expected_targets)
 
 
+@pytest.mark.parametrize("stateful", [False, True])
+def test_dataset_reads_windows_from_a_memory_map_of_narrow_ids(tmp_path, stateful):
+    ids = np.random.default_rng(1).integers(0, 200, size=5_000).astype(np.uint8)
+    ids.tofile(tmp_path / "ids")
+    mapped = np.memmap(tmp_path / "ids", dtype=np.uint8, mode="r", shape=(len(ids),))
+    train, _ = split_ids(mapped, 0.1, seq_len=20)
+    assert isinstance(train, np.memmap)  # a view: nothing was copied into memory
+    batches = training_dataset(train, 20, 8, seed=3, start_step=5, stateful=stateful).take(3).as_numpy_iterator()
+    for step, (inputs, targets) in enumerate(batches, start=5):
+        expected_inputs, expected_targets = training_batch(ids[:len(train)].astype(np.int32), 20, 8, 3, step, stateful)
+        assert inputs.dtype == np.int32
+        np.testing.assert_array_equal(inputs, expected_inputs)
+        np.testing.assert_array_equal(targets, expected_targets)
+
+
 def test_dataset_equals_numpy_for_large_seeds_and_steps():
     ids = np.arange(10_000, dtype=np.int32)
     seed, step = 2**63 + 12345, 10**12
@@ -270,6 +285,22 @@ def test_evaluation_scores_every_character_but_the_first_once_in_stream_order(nu
         np.testing.assert_array_equal(row_targets[scored], row_inputs[scored] + 1)
     lengths = weights.sum(axis=1)
     assert lengths.max() - lengths.min() <= 1
+
+
+def test_evaluation_batches_of_a_memory_map_are_cut_when_read(tmp_path):
+    ids = np.random.default_rng(2).integers(0, 250, size=1_003).astype(np.uint8)
+    ids.tofile(tmp_path / "ids")
+    mapped = np.memmap(tmp_path / "ids", dtype=np.uint8, mode="r", shape=(len(ids),))
+    batches, count = evaluation_batches(mapped, seq_len=7, batch_size=5)
+    reference, reference_count = evaluation_batches(ids.astype(np.int32), seq_len=7, batch_size=5)
+    assert count == reference_count == 1_002 and len(batches) == len(reference) == 29
+    for batch, expected in zip(batches, reference, strict=True):
+        assert batch.inputs.dtype == np.int32
+        for got, want in zip(batch, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(batches[-1].targets, reference[28].targets)
+    with pytest.raises(IndexError):
+        batches[29]
 
 
 def test_evaluation_needs_two_characters():
