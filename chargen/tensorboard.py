@@ -15,6 +15,7 @@ already hold and writes a tag only at steps after the last one logged under it, 
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -68,7 +69,9 @@ class TensorBoardLogs(Callback):
         self.pending = {tag: [] for tag in STEP_SCALARS}  # (step, value) not yet written
         self.last_write = time.monotonic()
         self._gradients = tf.function(_loss_gradients, reduce_retracing=True)
-        self._write_series = tf.function(_write_series, reduce_retracing=True)
+        series = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)]  # steps, values
+        self._write_series = {tag: tf.function(functools.partial(_write_series, tag), input_signature=series)
+                              for tag in STEP_SCALARS}  # one per tag: traced once each
 
     def on_train_begin(self, trainer: Trainer) -> None:
         for name in ("train", "validation"):
@@ -93,7 +96,7 @@ class TensorBoardLogs(Callback):
             for tag, series in self.pending.items():
                 if series:
                     steps, values = zip(*series)
-                    self._write_series(tag, tf.constant(steps, tf.int64), tf.constant(values, tf.float32))
+                    self._write_series[tag](tf.constant(steps, tf.int64), tf.constant(values, tf.float32))
                     series.clear()
         self.last_write = time.monotonic()
 
