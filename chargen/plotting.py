@@ -102,6 +102,7 @@ def plot_runs(runs: list[Run], output: Path, x: str = "step", width: int = 1200,
     try:
         with atomic_file(output, binary=True) as file:
             figure.savefig(file, format="png", dpi=DPI)
+        output.chmod(0o644)  # a picture to share, not the private temporary file it was written as
     except OSError as error:
         raise ChargenError(f"cannot write {output} ({error.strerror}); choose another --output") from None
     return output
