@@ -7,10 +7,11 @@
 The two folders are two writers with the same tag names, as Keras's TensorBoard callback lays them out, so
 TensorBoard draws the training and validation curves of a tag in one chart.
 
-A resumed run appends a new event file to each folder. A run killed between two evaluations has logged
-steps past its last snapshot, and it trains them again when resumed: this callback reads what the folders
-already hold and writes a tag only at steps after the last one logged under it, so every step appears once.
-(Resuming is exact, so the steps trained again are the steps already logged.)
+A resumed run appends a new event file to each folder. A run killed between two evaluations may have
+written steps past its last snapshot (the step scalars are buffered, and written every few seconds), and it
+trains them again when resumed: this callback reads what the folders already hold and writes a tag only at
+steps after the last one logged under it, so every step appears once, whether the kill lost the buffer or
+not. (Resuming is exact, so the steps trained again are the steps already logged.)
 """
 
 from __future__ import annotations
