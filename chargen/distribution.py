@@ -183,11 +183,20 @@ def stop_on_peer_failure(step_of):
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.AbortedError) as error:
-        first_line = (error.message or type(error).__name__).strip().splitlines()[0][:200]
         raise ChargenError(
-            f"training stopped at step {step_of()}: another worker of the cluster stopped answering ({first_line}); "
+            f"training stopped at step {step_of()}: another worker of the cluster stopped answering "
+            f"({_telling_line(error.message or '') or type(error).__name__}); "
             "the run keeps its last snapshot: start every worker again with --resume"
         ) from None
+
+
+def _telling_line(message: str) -> str:
+    """The line of a TensorFlow error that says what happened to the peer ("... is down", "... timed out"),
+    rather than its first ("Graph execution error:")."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    clues = ("is down", "abort", "timed out", "deadline", "unavailable", "connect", "socket")
+    telling = [line for line in lines if any(clue in line.lower() for clue in clues)] or lines[-1:] or [""]
+    return telling[0][:200]
 
 
 def this_process_writes() -> bool:
