@@ -158,10 +158,14 @@ def export_run(run, output: Path | None = None, which: str = "best", fmt: str = 
     if output.is_dir() and any(output.iterdir()) and not force:
         raise ChargenError(f"--output {output} already exists and is not empty; pass --force to replace it "
                            "or choose another --output")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ChargenError(f"cannot create the folder for --output {output} ({error.strerror}); "
+                           "choose a writable place") from None
     vocab = run.vocabulary()
     module = ServingModule(run.load_model(which).with_precision("float32"), vocab)
     shutil.rmtree(output.with_name(TEMPORARY_PREFIX + output.name), ignore_errors=True)  # a killed export's
-    output.parent.mkdir(parents=True, exist_ok=True)
     replaced = output.with_name(TEMPORARY_PREFIX + "replaced-" + output.name)
     with atomic_folder(output) as temporary:
         signatures = {"step": module.network.step, "generate": module.generate}

@@ -224,6 +224,15 @@ def test_export_writes_into_the_run_refuses_to_overwrite_and_replaces_with_force
     assert not [p for p in run.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_an_output_that_is_a_file_or_cannot_be_made_is_refused_in_one_line(run_copy, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file", encoding="utf-8")
+    with pytest.raises(ChargenError, match="is a file"):  # the command line's Click refuses it before this
+        export_run(Run.open(run_copy["run"]), blocker)
+    assert_user_error(run_cli("export", run_copy["run"], "--output", blocker / "export"), "cannot create", "writable")
+    assert blocker.read_text(encoding="utf-8") == "a file"
+
+
 def test_a_failed_export_leaves_nothing_behind(run_copy, tmp_path, monkeypatch):
     def failing_save(*args, **kwargs):
         raise OSError("disk full")
