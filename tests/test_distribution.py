@@ -240,7 +240,7 @@ def test_a_dead_worker_stops_the_other_in_one_line_and_the_run_samples_and_resum
     assert lines[-1].startswith("Error: training stopped at step "), stderr
     assert "another worker of the cluster stopped answering" in lines[-1]
     assert "Traceback" not in stderr
-    assert waited < 60, waited
+    assert waited < 150, waited  # a peer check every 5 s; generous, for a loaded machine
 
     result = run_cli("sample", run, "--length", "20", "--seed", "1")
     assert result.exit_code == 0, result.output
