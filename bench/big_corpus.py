@@ -138,7 +138,9 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
     )
     for result in (cold, warm, train):
         if result["exit_code"] != 0:
-            raise SystemExit(f"a command failed:\n{result['output']}")
+            raise SystemExit(f"a command failed (exit code {result['exit_code']}, peak RssAnon "
+                             f"{result['peak_rss_anon_bytes'] / 1e6:.0f} MB, marks {result['marks']}):\n"
+                             f"{result['output']}")
     num_chars = int(re.search(r"\(([\d,]+) characters", cold["output"]).group(1).replace(",", ""))
     return {
         "corpus_bytes": written,
