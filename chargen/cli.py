@@ -448,7 +448,8 @@ def info(run, checkpoint_dir, as_json):
     click.echo(f"vocabulary   {details['vocab_size']} characters")
     if details["parent"]:
         click.echo(f"fine-tuned   {_fine_tuning_line(details['parent']).removeprefix('starting ')}")
-    click.echo(f"training     {details['mode']}{', stateful' if details['stateful'] else ''}, {details['steps']:,} steps, "
+    stateful = ", stateful" if details["stateful"] else ""
+    click.echo(f"training     {details['mode']}{stateful}, {details['steps']:,} steps, "
                f"{details['chars_seen']:,} characters seen")
     click.echo(f"precision    {details['precision']}" + ("" if details["precision"] == "float32" else
                                                           " (float32 weights, optimizer, logits and loss)"))

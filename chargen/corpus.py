@@ -400,10 +400,11 @@ def evaluation_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> tuple[
 
 def _check_training_text(num_chars: int, seq_len: int, batch_size: int, stateful: bool) -> None:
     _check_positive(seq_len=seq_len, batch_size=batch_size)
-    if stateful and num_chars < stateful_minimum(batch_size, seq_len):
+    minimum = stateful_minimum(batch_size, seq_len)
+    if stateful and num_chars < minimum:
         raise ChargenError(f"stateful training cuts the text into batch_size streams of at least one window: "
-                           f"{stateful_minimum(batch_size, seq_len):,} characters for batch_size {batch_size} and seq_len "
-                           f"{seq_len}, and the training text has {num_chars:,}; lower --batch-size or --seq-len")
+                           f"{minimum:,} characters for batch_size {batch_size} and seq_len {seq_len}, "
+                           f"and the training text has {num_chars:,}; lower --batch-size or --seq-len")
     if num_chars < seq_len + 1:
         raise ChargenError(f"the training text has {num_chars:,} characters; a window of seq_len {seq_len} "
                            f"needs {seq_len + 1:,}; use a longer corpus or a shorter --seq-len")
