@@ -20,7 +20,6 @@ import click
 from chargen import config
 from chargen.errors import ChargenError
 
-DEFAULT_CHECKPOINT_DIR = config.OPTIONS["checkpoint_dir"].default
 INTERRUPTED = 130  # the conventional exit status after Ctrl-C
 
 
@@ -116,7 +115,8 @@ def _click_option(option: config.OptionSpec):
     else:
         kind = {"type": option.type}
     return click.option(option.flags, option.name, default=option.default, show_default=option.shows_default,
-                        help=option.help, metavar=option.metavar, **kind)
+                        help=option.help, metavar=option.metavar, envvar=option.envvar,
+                        show_envvar=option.envvar is not None, **kind)
 
 
 def _training_options(command):
@@ -315,7 +315,7 @@ def _parse_strategy(strategy_name: str, option_pairs):
               help="Sequence-level strategies (beam): print every candidate kept, with its log-probability.")
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which saved model of the run.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 @click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
               help="Arithmetic of the generation step: float32 is the numpy engine; bfloat16 and float16 run the "
                    "model in TensorFlow.")
@@ -367,7 +367,7 @@ def sample(run, strategy, option_pairs, temperature, length, prime, num_samples,
 @click.argument("run")
 @click.argument("corpus_paths", metavar="CORPUS...", nargs=-1, required=True)
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True)
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 @_click_option(config.OPTIONS["encoding"])
 @_click_option(config.OPTIONS["encoding_errors"])
 @click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
@@ -397,7 +397,7 @@ def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as one JSON object (every character's too).")
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which saved model of the run.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 @_click_option(config.OPTIONS["encoding"])
 @_click_option(config.OPTIONS["encoding_errors"])
 def score(run, file, html_path, as_json, which, checkpoint_dir, encoding, encoding_errors):
@@ -429,7 +429,7 @@ def score(run, file, html_path, as_json, which, checkpoint_dir, encoding, encodi
 
 @cli.command()
 @click.argument("run", required=False)
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(run, checkpoint_dir, as_json):
     """What RUN is: architecture, weights, vocabulary, training so far (default: the newest run)."""
@@ -482,7 +482,7 @@ _FRESH_MODEL_OPTIONS = ("cell", "activation", "num_layers", "units", "embedding_
               help="Seed for a fresh model's weights and for choosing the windows.")
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which saved model of RUN.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw the norms against k, one curve per layer, into this PNG (needs chargen[plot]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -593,7 +593,7 @@ def compare(cells, modes, activations, lags, units, steps, time_limit, seed, plo
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert"]), default="savedmodel", show_default=True,
               help="litert also converts the step to a LiteRT (TensorFlow Lite) file, step.tflite.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --output folder.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 def export(run, output, which, fmt, force, checkpoint_dir):
     """Write RUN's model as a TensorFlow SavedModel with `step` and `generate` signatures, for serving."""
     from chargen.checkpoints import resolve_run
@@ -621,7 +621,7 @@ def export(run, output, which, fmt, force, checkpoint_dir):
               help="Horizontal axis: optimizer steps, or training time (over all sessions of a run).")
 @click.option("--width", type=int, default=1200, show_default=True, help="Picture width in pixels.")
 @click.option("--height", type=int, default=450, show_default=True, help="Picture height in pixels.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=DEFAULT_CHECKPOINT_DIR, show_default=True)
+@_click_option(config.OPTIONS["checkpoint_dir"])
 def plot(runs, output, x_axis, width, height, checkpoint_dir):
     """Draw RUNs' training and validation bits per character into one PNG (needs `pip install 'chargen[plot]'`)."""
     from chargen.checkpoints import resolve_run

@@ -71,6 +71,7 @@ class OptionSpec:
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     negatable: bool = True  # a bool option also has "--no-..." (False: a plain flag such as --quiet)
+    envvar: str | None = None  # an environment variable that replaces the default, for a value users repeat
 
     @property
     def shows_default(self) -> bool:
@@ -137,7 +138,7 @@ TRAINING_OPTIONS = (
                 "(0: all); `chargen eval` scores all of it."),
     _run_option("seed", 0, int, "Seed for weights, window order and dropout."),
     _session("run_name", None, str, "Name of the run folder (default: cell, corpus and time)."),
-    _session("checkpoint_dir", "checkpoints", Path, "Folder that holds the runs."),
+    _session("checkpoint_dir", "checkpoints", Path, "Folder that holds the runs.", envvar="CHARGEN_CHECKPOINT_DIR"),
     _session("resume", False, bool, "Continue --run-name (or the newest run) where it stopped.", negatable=False),
     _session("init_from", None, str,
              "Start a new run from this run's weights and vocabulary (fine-tuning); the model options are its.",

@@ -7,10 +7,12 @@ interrupted training in test_checkpoints.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,8 @@ from helpers import TINY, assert_user_error, run_cli, write_corpus
 # --help and `samplers` answer without TensorFlow ---------------------------------------------------
 
 HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["export"], ["samplers"], ["corpus"],
-                 ["corpus", "synth"], ["corpus", "fetch"], ["gradients"], ["compare"]]
+                 ["corpus", "synth"], ["corpus", "fetch"], ["gradients"], ["compare"], ["plot"], ["score"],
+                 ["prepare"]]
 
 _NO_TENSORFLOW = """
 import json, sys
@@ -61,6 +64,28 @@ def test_help_answers_without_importing_tensorflow():
 def test_info_reads_a_run_without_importing_tensorflow(trained):
     [output] = _run_without_tensorflow(["info", str(trained["run"])])
     assert "lstm, 1 layer(s) of 16 units" in output
+
+
+def test_chargen_checkpoint_dir_replaces_the_default_folder_and_help_names_it(trained):
+    result = run_cli("info", "tiny", "--json", env={"CHARGEN_CHECKPOINT_DIR": str(trained["checkpoint_dir"])})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run"] == str(trained["checkpoint_dir"] / "tiny")
+    for command in ("train", "sample", "eval", "info"):
+        assert "CHARGEN_CHECKPOINT_DIR" in run_cli(command, "--help").output, command
+
+
+def test_shell_completion_completes_commands_and_options():
+    """Click's completion, as the README tells a user to enable it: the script, then what a TAB offers."""
+    chargen = Path(sys.executable).with_name("chargen")
+    if not chargen.exists():
+        pytest.skip("the chargen entry point is not installed next to this Python")
+    script = subprocess.run([chargen], env={**os.environ, "_CHARGEN_COMPLETE": "bash_source"}, capture_output=True,
+                            text=True, timeout=60)
+    assert "_chargen_completion" in script.stdout
+    offered = subprocess.run([chargen], env={**os.environ, "_CHARGEN_COMPLETE": "bash_complete",
+                                             "COMP_WORDS": "chargen train --lr", "COMP_CWORD": "2"},
+                             capture_output=True, text=True, timeout=60)
+    assert "plain,--lr-schedule" in offered.stdout.splitlines()
 
 
 def test_reset_after_is_refused_for_cells_other_than_the_gru(tmp_path):
