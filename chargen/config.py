@@ -116,9 +116,7 @@ TRAINING_OPTIONS = (
     _run_option("batch_size", 16, int, "Windows per step."),
     _run_option("mode", "bptt", str, "bptt: gradient through every step; teacher-forcing: no gradient through time.",
                 choices=MODES),
-    _run_option("stateful", None, bool,
-                "Carry the state from one window to the next of the same stream (bptt). Default: on for bptt "
-                "when the training text holds --batch-size streams of a window, off otherwise."),
+    _run_option("stateful", False, bool, "Carry the state from one window to the next of the same stream (bptt)."),
     _run_option("precision", "float32", str,
                 "Arithmetic of the recurrent layers; weights, optimizer, logits and loss stay float32 "
                 "(float16 adds loss scaling).", choices=tuple(PRECISIONS)),
@@ -192,7 +190,7 @@ class TrainingConfig:
     seq_len: int = _field("seq_len")  # characters per training window: the BPTT horizon
     batch_size: int = _field("batch_size")  # windows per step
     mode: str = _field("mode")  # one of MODES
-    stateful: bool | None = _field("stateful")  # None: decided from the text by `resolved`
+    stateful: bool = _field("stateful")
     precision: str = _field("precision")  # a key of PRECISIONS
     steps: int | None = _field("steps")  # None: no step limit
     epochs: float | None = _field("epochs")
@@ -220,18 +218,6 @@ class TrainingConfig:
         except TypeError as error:
             raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); "
                                "the file is damaged") from None
-
-    def resolved(self, num_train_chars: int) -> TrainingConfig:
-        """This config with the choices left to the text made: `stateful` when it is None.
-
-        Carrying the state makes training see what evaluation and sampling see, a state that has read
-        everything before the window: on tiny shakespeare it gave 2.05 bits per character in ten minutes
-        where fresh windows gave 2.14 (bench/README.md). It needs every stream to hold a window.
-        """
-        if self.stateful is not None:
-            return self
-        stateful = self.mode == "bptt" and num_train_chars >= stateful_minimum(self.batch_size, self.seq_len)
-        return dataclasses.replace(self, stateful=stateful)
 
     def model_arguments(self) -> dict:
         """What `CharModel` is built from."""
@@ -301,8 +287,6 @@ def option_table() -> str:
 
 
 def _shown(option: OptionSpec) -> str:
-    if option.type is bool and option.default is None:
-        return "auto"  # decided from the text (see the help)
     if not option.shows_default:
         return ""
     if option.type is bool:

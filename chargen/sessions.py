@@ -69,7 +69,6 @@ def new_session(text_corpus: corpus.Corpus, config: TrainingConfig, run_path: Pa
     text_corpus = encoded.encode(text_corpus)
     vocab = text_corpus.vocab
     train_ids, val_ids = encode_and_split(text_corpus, vocab, config)
-    config = config.resolved(len(train_ids))  # config.json records what was chosen
     run = Run.create(run_path, run_record(text_corpus, config, vocab), vocab)
     model = build_model(config, len(vocab))
     return Trainer(model, config, train_ids, val_ids, callbacks=[*callbacks, SaveCheckpoints(run)], vocab=vocab,
@@ -101,7 +100,6 @@ def finetune_session(text_corpus: corpus.Corpus, parent: Run, which: str, option
     text_corpus = encoded.encode(text_corpus)
     adapted = finetune.adapt_text(text_corpus.text, parent_vocab, new_chars, parent.name)
     train_ids, val_ids = encode_and_split(text_corpus, adapted.vocab, config, drop_missing=new_chars == "drop")
-    config = config.resolved(len(train_ids))
     parent_model = parent.load_model(which)
     snapshot = parent.snapshot_path(which)
     record = finetune.parent_record(parent.path.resolve(), which, snapshot.name, parent.load_progress(which)["step"],

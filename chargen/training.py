@@ -160,7 +160,6 @@ class Trainer:
         vocab: Vocabulary | None = None,
         xla: bool = True,
     ):
-        config = config.resolved(len(train_ids))
         self.model, self.config, self.vocab = model, config, vocab
         self.train_ids, self.val_ids = train_ids, val_ids
         # An evaluation costs a forward pass over what it scores: capped, it stays a small part of a step

@@ -67,9 +67,8 @@ def test_run_folder_has_config_with_corpus_hash_versions_and_hyperparameters(tra
     assert all(config["versions"].values())
     training = config["training"]
     assert set(training) == {field.name for field in dataclasses.fields(TrainingConfig)}
-    # stateful was left to chargen: the text holds 8 streams of a window, so bptt carries the state
     given = {"units": 16, "num_layers": 1, "seq_len": 16, "batch_size": 8, "steps": 4, "eval_every": 2,
-             "embedding_dim": 8, "cell": "lstm", "mode": "bptt", "stateful": True, "seed": 0, "val_fraction": 0.1}
+             "embedding_dim": 8, "cell": "lstm", "mode": "bptt", "stateful": False, "seed": 0, "val_fraction": 0.1}
     assert {name: training[name] for name in given} == given
 
 
@@ -83,7 +82,8 @@ def test_run_folder_has_vocabulary_metrics_pointers_and_a_complete_snapshot(trai
     pointers = json.loads((run / "pointers.json").read_text(encoding="utf-8"))
     assert set(pointers) == {"last", "best"}
     snapshot = last_snapshot(run)
-    assert {p.name for p in snapshot.iterdir()} >= {"model.keras", "optimizer.npz", "progress.json", "states.npz"}
+    assert {p.name for p in snapshot.iterdir()} >= {"model.keras", "optimizer.npz", "progress.json"}
+    assert not (snapshot / "states.npz").exists()  # not a stateful run
     progress = json.loads((snapshot / "progress.json").read_text(encoding="utf-8"))
     assert progress["step"] == 4
     assert progress["chars_seen"] == 4 * 8 * 16
@@ -254,7 +254,7 @@ def test_info_in_words(trained):
     result = run_cli("info", trained["run"])
     assert result.exit_code == 0, result.output
     assert "lstm, 1 layer(s) of 16 units" in result.stdout
-    assert "training     bptt, stateful, 4 steps" in result.stdout  # the choice made for the user is shown
+    assert "training     bptt, 4 steps" in result.stdout  # not stateful, so the word is absent
     for name in ("layer0.W_xi", "layer0.W_hf", "layer0.b_o", "W_hy"):
         assert name in result.stdout
 

@@ -12,9 +12,9 @@ from chargen.vocab import Vocabulary
 
 
 def train(text: str, **overrides):
-    """Train a small model on `text` at a constant learning rate, on random windows; returns (trainer, progress)."""
+    """Train a small model on `text` at a constant learning rate; returns (trainer, progress)."""
     settings = dict(cell="lstm", num_layers=1, units=32, embedding_dim=8, seq_len=32, batch_size=32,
-                    eval_every=0, learning_rate=1e-2, lr_schedule="constant", stateful=False, seed=0)
+                    eval_every=0, learning_rate=1e-2, lr_schedule="constant", seed=0)
     config = TrainingConfig(**{**settings, **overrides})
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
@@ -134,16 +134,6 @@ def test_stop_request_ends_training_and_is_reported():
     progress = trainer.fit()
     assert progress.step == 2 and trainer.stopped_by == "interrupt"
     assert progress.last_val_bpc is not None  # the end of training always evaluates
-
-
-def test_stateful_is_chosen_from_the_mode_and_the_length_of_the_text():
-    config = TrainingConfig(seq_len=10, batch_size=4)
-    assert config.stateful is None
-    assert config.resolved(41).stateful is True and config.resolved(40).stateful is False  # 4 streams of 10, +1
-    assert TrainingConfig(mode="teacher-forcing").resolved(10**6).stateful is False
-    assert TrainingConfig(stateful=False).resolved(10**6).stateful is False
-    trainer, _ = train("abcdefgh" * 200, stateful=None, num_layers=1, units=8, seq_len=16, batch_size=4, steps=1)
-    assert trainer.config.stateful is True and trainer.carried_states is not None
 
 
 def test_evaluations_during_training_score_the_first_val_chars_of_the_validation_text():
