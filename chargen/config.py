@@ -229,11 +229,6 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-def stateful_minimum(batch_size: int, seq_len: int) -> int:
-    """Training characters stateful training needs: `batch_size` streams of one window, and the last target."""
-    return batch_size * seq_len + 1
-
-
 def validate(config: TrainingConfig) -> None:
     """All option checks in one place, each failing with the option, the rule and the value."""
     for name in ("num_layers", "units", "embedding_dim", "seq_len", "batch_size"):

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from chargen.config import ENCODING_ERRORS, stateful_minimum
+from chargen.config import ENCODING_ERRORS
 from chargen.errors import ChargenError
 
 # Several files become one stream with this between them: a blank line, which reads as a paragraph
@@ -400,7 +400,7 @@ def evaluation_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> tuple[
 
 def _check_training_text(num_chars: int, seq_len: int, batch_size: int, stateful: bool) -> None:
     _check_positive(seq_len=seq_len, batch_size=batch_size)
-    minimum = stateful_minimum(batch_size, seq_len)
+    minimum = batch_size * seq_len + 1  # batch_size streams of one window, and the last target
     if stateful and num_chars < minimum:
         raise ChargenError(f"stateful training cuts the text into batch_size streams of at least one window: "
                            f"{minimum:,} characters for batch_size {batch_size} and seq_len {seq_len}, "
