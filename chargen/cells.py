@@ -5,6 +5,11 @@ A cell computes one time step: `call(inputs, states) -> (output, new_states)`. I
 kernel and one recurrent kernel per cell and split with `ops.split`, so a step costs two matrix
 products however many gates there are; the gate order is stated in each docstring, and
 `gate_names` lets tools show the per-gate matrices (W_xh, W_hh, b) by name.
+
+`call(..., return_gates=True)` also returns the step's gate values by name (`gate_values` in
+`config.CELL_KINDS`), for `chargen inspect` to look inside (as Keras's attention layers return their
+scores on request). They are the tensors the step computes anyway, so asking for them costs nothing, and a
+step that is not asked returns what it always did.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class _Cell(keras.layers.Layer):
 
     kind: str = ""
     gate_names: tuple[str, ...] = ()
+    gate_values: tuple[str, ...] = ()
     num_states = 1
 
     def __init__(
@@ -97,8 +103,9 @@ class SimpleRNNCell(_Cell):
     Call arguments:
         inputs: `(batch, input_dim)`, x_t.
         states: `[h_{t-1}]`, each `(batch, units)`.
+        return_gates: also return the step's gate values, each `(batch, units)`, by name.
 
-    Returns `(h_t, [h_t])`.
+    Returns `(h_t, [h_t])`; with `return_gates=True`, `(h_t, [h_t], {})`: this cell has no gates.
 
     Example:
         >>> cell = SimpleRNNCell(8)
@@ -114,12 +121,12 @@ class SimpleRNNCell(_Cell):
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}. Received: activation={activation!r}")
         self.activation = activation
 
-    def call(self, inputs, states, training=False):
+    def call(self, inputs, states, training=False, return_gates=False):
         (h_prev,) = states
         h = _ACTIVATION_FUNCTIONS[self.activation](  # (batch, units)
             ops.matmul(inputs, self.input_kernel) + ops.matmul(h_prev, self.recurrent_kernel) + self.bias
         )
-        return h, [h]
+        return (h, [h], {}) if return_gates else (h, [h])
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}
@@ -148,8 +155,9 @@ class GRUCell(_Cell):
     Call arguments:
         inputs: `(batch, input_dim)`, x_t.
         states: `[h_{t-1}]`, each `(batch, units)`.
+        return_gates: also return the step's gate values, each `(batch, units)`, by name.
 
-    Returns `(h_t, [h_t])`.
+    Returns `(h_t, [h_t])`; with `return_gates=True`, `(h_t, [h_t], {"z": z_t, "r": r_t, "h~": h~_t})`.
 
     Example:
         >>> cell = GRUCell(8)
@@ -158,6 +166,7 @@ class GRUCell(_Cell):
 
     kind = "gru"
     gate_names = CELL_KINDS[kind].gate_names
+    gate_values = CELL_KINDS[kind].gate_values
 
     def __init__(self, units: int, reset_after: bool = False, **kwargs):
         super().__init__(units, **kwargs)
@@ -170,7 +179,7 @@ class GRUCell(_Cell):
                 shape=(3 * self.units,), initializer=self.bias_initializer, name="recurrent_bias"
             )
 
-    def call(self, inputs, states, training=False):
+    def call(self, inputs, states, training=False, return_gates=False):
         (h_prev,) = states
         x_z, x_r, x_h = ops.split(ops.matmul(inputs, self.input_kernel) + self.bias, 3, axis=-1)
         if self.reset_after:
@@ -186,7 +195,7 @@ class GRUCell(_Cell):
             r = ops.sigmoid(x_r + h_r)
             candidate = ops.tanh(x_h + ops.matmul(r * h_prev, kernel_h))
         h = z * h_prev + (1.0 - z) * candidate  # (batch, units)
-        return h, [h]
+        return (h, [h], dict(zip(self.gate_values, (z, r, candidate)))) if return_gates else (h, [h])
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -211,8 +220,10 @@ class LSTMCell(_Cell):
     Call arguments:
         inputs: `(batch, input_dim)`, x_t.
         states: `[h_{t-1}, c_{t-1}]`, each `(batch, units)`.
+        return_gates: also return the step's gate values, each `(batch, units)`, by name.
 
-    Returns `(h_t, [h_t, c_t])`.
+    Returns `(h_t, [h_t, c_t])`; with `return_gates=True`, `(h_t, [h_t, c_t], {"i": i_t, "f": f_t, "g": g_t,
+    "o": o_t})`.
 
     Example:
         >>> cell = LSTMCell(8)
@@ -221,6 +232,7 @@ class LSTMCell(_Cell):
 
     kind = "lstm"
     gate_names = CELL_KINDS[kind].gate_names
+    gate_values = CELL_KINDS[kind].gate_values
     num_states = CELL_KINDS[kind].num_states
 
     def __init__(self, units: int, unit_forget_bias: bool = True, **kwargs):
@@ -239,13 +251,14 @@ class LSTMCell(_Cell):
 
         return forget_bias_one
 
-    def call(self, inputs, states, training=False):
+    def call(self, inputs, states, training=False, return_gates=False):
         h_prev, c_prev = states
         projected = ops.matmul(inputs, self.input_kernel) + ops.matmul(h_prev, self.recurrent_kernel)
-        i, f, g, o = ops.split(projected + self.bias, 4, axis=-1)  # each (batch, units)
-        c = ops.sigmoid(f) * c_prev + ops.sigmoid(i) * ops.tanh(g)
-        h = ops.sigmoid(o) * ops.tanh(c)
-        return h, [h, c]
+        a_i, a_f, a_g, a_o = ops.split(projected + self.bias, 4, axis=-1)  # each (batch, units)
+        i, f, g, o = ops.sigmoid(a_i), ops.sigmoid(a_f), ops.tanh(a_g), ops.sigmoid(a_o)
+        c = f * c_prev + i * g
+        h = o * ops.tanh(c)
+        return (h, [h, c], dict(zip(self.gate_values, (i, f, g, o)))) if return_gates else (h, [h, c])
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}

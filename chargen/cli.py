@@ -427,6 +427,87 @@ def score(run, file, html_path, as_json, which, checkpoint_dir, encoding, encodi
         click.echo(f"  {bits:6.2f} bits  at {index:,}: {context!r}")
 
 
+_SIGNALS = tuple(dict.fromkeys(name for kind in config.CELL_KINDS.values() for name in kind.signals))
+
+
+def _unit_option(value: str | None) -> tuple[int, int] | None:
+    """--unit LAYER:INDEX as two integers."""
+    if value is None:
+        return None
+    layer, _, index = value.partition(":")
+    if not (layer.isdigit() and index.isdigit()):
+        raise ChargenError(f"--unit takes LAYER:INDEX, two numbers counted from 0, such as 0:5. "
+                           f"Received: --unit {value}")
+    return int(layer), int(index)
+
+
+@cli.command(name="inspect")
+@click.argument("run")
+@click.argument("text", required=False)
+@click.option("--file", "text_file", type=click.Path(dir_okay=False), help="Read the text from this file instead.")
+@click.option("--unit", "unit_text", metavar="LAYER:INDEX",
+              help="The unit to show and colour by, counted from 0 [default: the one following a feature of the "
+                   "text most closely].")
+@click.option("--signal", type=click.Choice(_SIGNALS), default="h", show_default=True,
+              help="What of the unit colours the page: h (hidden state), c (LSTM cell state), a gate (GRU: z, r; "
+                   "LSTM: i, f, o) or a candidate (GRU: h~; LSTM: g).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Units listed per feature of the text.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write a page colouring the text by the unit's signal, with the correlations, to this file.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print every number as one JSON object: every unit's signals at every character.")
+@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which saved model of the run.")
+@_click_option(config.OPTIONS["checkpoint_dir"])
+@_click_option(config.OPTIONS["encoding"])
+@_click_option(config.OPTIONS["encoding_errors"])
+def inspect_run(run, text, text_file, unit_text, signal, top, html_path, as_json, which, checkpoint_dir, encoding,
+                encoding_errors):
+    """Each unit's hidden state and gate values at every character of TEXT under RUN's model.
+
+    Prints one unit's signals per character and the units most correlated with simple features of the text
+    (inside quotes, column, after a newline, ...).
+    """
+    if (text is None) == (text_file is None):
+        raise ChargenError("give the text to inspect either as TEXT or with --file, one of them")
+    unit = _unit_option(unit_text)
+    if text_file is not None:
+        text = _corpus([text_file], encoding, encoding_errors).text
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
+    from chargen import checkpoints, inspection
+    from chargen.atomic import atomic_write_text
+
+    the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
+    model = the_run.load_model(which)
+    kind = config.CELL_KINDS[model.cell_kind]
+    if signal not in kind.signals:
+        raise ChargenError(f"--signal {signal} is not part of a {kind.title} cell; choose one of "
+                           f"{', '.join(kind.signals)}. Received: --signal {signal}")
+    if unit is not None and not (unit[0] < model.num_layers and unit[1] < model.units):
+        raise ChargenError(f"{the_run.name} has {model.num_layers} layer(s) of {model.units} units: --unit takes "
+                           f"LAYER 0..{model.num_layers - 1} and INDEX 0..{model.units - 1}. "
+                           f"Received: --unit {unit_text}")
+    looked = inspection.inspect_text(model, the_run.vocabulary(), text)
+    layer, index = unit or inspection.strongest_unit(looked, signal)
+    found = inspection.correlations(looked, top)
+    if html_path is not None:
+        about = Path(text_file).name if text_file is not None else "TEXT"
+        page = inspection.to_html(looked, layer, index, signal, found, f"{about} under {the_run.name} ({which} model)")
+        try:
+            atomic_write_text(Path(html_path), page)
+        except OSError as error:
+            raise ChargenError(f"cannot write --html {html_path} ({error.strerror}); choose a writable path") from None
+        click.echo(f"wrote {html_path}", err=True)
+    if as_json:
+        click.echo(json.dumps({"run": str(the_run.path), "checkpoint": which, "unit": [layer, index],
+                               **inspection.to_dict(looked, found)}))
+        return
+    click.echo(f"{the_run.name} ({which} model): {kind.title}, {model.num_layers} layer(s) of {model.units} units, "
+               f"{len(text):,} characters read from the zero state")
+    click.echo(inspection.format_table(looked, layer, index, found))
+
+
 @cli.command()
 @click.argument("run", required=False)
 @_click_option(config.OPTIONS["checkpoint_dir"])

@@ -32,14 +32,22 @@ class CellKind:
     title: str  # how documents name it
     gate_names: tuple[str, ...]  # the gates in the order the fused kernels stack them
     num_states: int  # state tensors carried from step to step (LSTM: h and c)
+    # What the cell's `call(..., return_gates=True)` adds, each after its sigmoid or tanh, as its docstring
+    # names them: the gates and the candidate (the GRU's is h~, apart from its state h).
+    gate_values: tuple[str, ...]
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """Everything `chargen inspect` shows per unit and step: the states (h, and the LSTM's c), then the gates."""
+        return ("h", "c")[:self.num_states] + self.gate_values
 
 
 CELL_KINDS = {
     kind.name: kind
     for kind in (
-        CellKind("rnn", "SimpleRNN", ("h",), 1),
-        CellKind("gru", "GRU", ("z", "r", "h"), 1),
-        CellKind("lstm", "LSTM", ("i", "f", "g", "o"), 2),
+        CellKind("rnn", "SimpleRNN", ("h",), 1, ()),
+        CellKind("gru", "GRU", ("z", "r", "h"), 1, ("z", "r", "h~")),
+        CellKind("lstm", "LSTM", ("i", "f", "g", "o"), 2, ("i", "f", "g", "o")),
     )
 }
 MODES = ("bptt", "teacher-forcing")

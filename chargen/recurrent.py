@@ -32,27 +32,54 @@ def run_cell(cell, inputs, initial_state, return_all_states: bool = False):
     Returns `(outputs, final_state, all_states)`: outputs `(batch, time, units)`, the state list after
     the last step, and (if asked) each state entry stacked over time, `(batch, time, size)`.
     """
+    num_states = len(initial_state) if return_all_states else 0
+
+    def step(x, state):
+        output, new_state = cell(x, state)
+        return new_state, (output, *new_state[:num_states])
+
+    final_state, collected = _loop(step, inputs, initial_state, 1 + num_states)
+    return collected[0], final_state, collected[1:]
+
+
+def trace_cell(cell, inputs, initial_state) -> dict:
+    """Run `cell` over `inputs` like `run_cell`, keeping everything a step computes, to look inside it.
+
+    Returns a dict, name -> `(batch, time, units)`: each state entry after each step ("h", and the LSTM's
+    "c"; h is also the output) and the cell's gate values (its `call(..., return_gates=True)`), in the
+    order of `config.CELL_KINDS[kind].signals`.
+    """
+    names = ("h", "c")[:len(initial_state)] + tuple(cell.gate_values)
+
+    def step(x, state):
+        _, new_state, gates = cell(x, state, return_gates=True)
+        return new_state, (*new_state, *(gates[name] for name in names[len(new_state):]))
+
+    _, collected = _loop(step, inputs, initial_state, len(names))
+    return dict(zip(names, collected))
+
+
+def _loop(step, inputs, initial_state, num_collected: int):
+    """The loop over time: `step(x_t, state) -> (new_state, values)` at each step, each of the `num_collected`
+    values stacked over time. Returns `(final_state, [(batch, time, size), ...])`."""
     time_major = tf.transpose(inputs, (1, 0, 2))  # (time, batch, features)
     steps = tf.shape(time_major)[0]
     inputs_by_step = tf.TensorArray(inputs.dtype, size=steps).unstack(time_major)
-    num_collected = 1 + (len(initial_state) if return_all_states else 0)
     collected = tuple(tf.TensorArray(inputs.dtype, size=steps) for _ in range(num_collected))
 
     def body(t, state, collected):
-        output, new_state = cell(inputs_by_step.read(t), list(state))
+        new_state, values = step(inputs_by_step.read(t), list(state))
         for new, old in zip(new_state, state):
             # A state of known batch size can meet inputs of unknown batch size (a layer above the first
             # reads the stacked outputs of the one below): tf.while_loop refuses a state whose static
             # shape gets less specific, though at run time the sizes agree.
             new.set_shape(old.shape)
-        values = (output, *new_state)[:num_collected]
         return t + 1, tuple(new_state), tuple(ta.write(t, v) for ta, v in zip(collected, values))
 
     _, final_state, collected = tf.while_loop(  # XLA differentiates a loop only with its count bounded
         lambda t, *_: t < steps, body, (tf.constant(0), tuple(initial_state), collected), maximum_iterations=steps
     )
-    batch_major = [tf.transpose(ta.stack(), (1, 0, 2)) for ta in collected]  # each (batch, time, size)
-    return batch_major[0], list(final_state), batch_major[1:]
+    return list(final_state), [tf.transpose(ta.stack(), (1, 0, 2)) for ta in collected]  # each (batch, time, size)
 
 
 @keras.saving.register_keras_serializable(package="chargen")

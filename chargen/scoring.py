@@ -8,8 +8,8 @@ equals `chargen eval`'s figure for the newline-primed text scored as one stream 
 `--batch-size` streams, each starting from a zero state, so its figure differs slightly: tests hold both
 relations). Computed in float32 whatever the run trained in, like `chargen eval` by default.
 
-`to_html` writes a static page colouring each character on a fixed scale (`COLOUR_STOPS`), so pages of
-different runs and texts compare at a glance.
+`to_html` writes a static page (`textpage.py`) colouring each character on a fixed scale (`COLOUR_STOPS`), so
+pages of different runs and texts compare at a glance.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from chargen import textpage
 from chargen.errors import ChargenError
 from chargen.training import LN2
 from chargen.vocab import Vocabulary
@@ -36,7 +37,6 @@ COLOUR_STOPS = (
     (6.0, (239, 68, 68)),
     (10.0, (127, 29, 29)),
 )
-DARK = 0.45  # backgrounds with a relative luminance below this get white text
 
 
 @dataclass(frozen=True)
@@ -108,55 +108,12 @@ def _surprisal_nats(model, inputs: np.ndarray, targets: np.ndarray, window: int)
 
 def colour(bits: float) -> tuple[int, int, int]:
     """The background of a character with this surprisal: linear between `COLOUR_STOPS`, clamped at the ends."""
-    if math.isnan(bits):
-        return COLOUR_STOPS[0][1]
-    for (low, low_rgb), (high, high_rgb) in zip(COLOUR_STOPS, COLOUR_STOPS[1:]):
-        if bits <= high:
-            share = max(0.0, (bits - low) / (high - low))
-            return tuple(round(a + share * (b - a)) for a, b in zip(low_rgb, high_rgb))
-    return COLOUR_STOPS[-1][1]
-
-
-def _hex(rgb) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
-
-def _is_dark(rgb) -> bool:
-    """Relative luminance (sRGB, WCAG's formula) below `DARK`."""
-    linear = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
-    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2] < DARK
+    return COLOUR_STOPS[0][1] if math.isnan(bits) else textpage.colour_at(bits, COLOUR_STOPS)
 
 
 def _span(char: str, bits: float) -> str:
-    rgb = colour(bits)
-    style = f"background:{_hex(rgb)}" + (";color:#fff" if _is_dark(rgb) else "")
     label = "not scored (the context of the next)" if math.isnan(bits) else f"{bits:.2f} bits"
-    title = html.escape(f"{char!r} {label}")
-    css_class = ' class="nl"' if char == "\n" else ""
-    return f'<span{css_class} style="{style}" title="{title}">{html.escape(char)}</span>'
-
-
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
-.summary {{ margin: 0 0 0.6em; }}
-.legend {{ margin: 0 0 1em; font-size: 0.85em; }}
-.legend span {{ display: inline-block; min-width: 2.2em; padding: 0.15em 0.3em; text-align: center; }}
-.text {{ font-family: monospace; font-size: 14px; line-height: 1.5; white-space: pre-wrap; }}
-.nl::before {{ content: "\\21B5"; color: #999; }}
-</style>
-</head>
-<body>
-<p class="summary">{summary}</p>
-<div class="legend">surprisal in bits (hover a character for its value): {legend}</div>
-<div class="text">{spans}</div>
-</body>
-</html>
-"""
+    return textpage.character_span(char, colour(bits), f"{char!r} {label}")
 
 
 def to_html(score: TextScore, title: str) -> str:
@@ -166,12 +123,11 @@ def to_html(score: TextScore, title: str) -> str:
     summary = (f"{html.escape(title)}: {score.bits_per_char:.4f} bits per character, perplexity "
                f"{score.perplexity:.3f} over {score.characters:,} characters; {first}.")
     top = int(COLOUR_STOPS[-1][0])
-    legend = "".join(
-        f'<span class="swatch" data-bits="{bits}" style="background:{_hex(colour(bits))}'
-        f'{";color:#fff" if _is_dark(colour(bits)) else ""}">{bits}{"+" if bits == top else ""}</span>'
-        for bits in range(top + 1))
+    legend = "".join(textpage.swatch(f"{bits}{'+' if bits == top else ''}", bits, colour(bits))
+                     for bits in range(top + 1))
     spans = "".join(_span(char, bits) for char, bits in zip(score.text, score.bits.tolist()))
-    return PAGE.format(title=html.escape(title), summary=summary, legend=legend, spans=spans)
+    return textpage.page(title, f'<p class="summary">{summary}</p>\n<div class="legend">surprisal in bits '
+                                f'(hover a character for its value): {legend}</div>\n<div class="text">{spans}</div>')
 
 
 def most_surprising(score: TextScore, count: int = 5, context: int = 20) -> list[tuple[int, float, str]]:

@@ -103,7 +103,7 @@ class Page(HTMLParser):
         background = re.search(r"background:#([0-9a-f]{6})", attrs.get("style", "")).group(1)
         rgb = tuple(int(background[i:i + 2], 16) for i in (0, 2, 4))
         if attrs.get("class") == "swatch":
-            self.swatches[float(attrs["data-bits"])] = rgb
+            self.swatches[float(attrs["data-value"])] = rgb
         else:
             self._open = {"rgb": rgb, "title": attrs["title"], "char": ""}
             self.characters.append(self._open)
