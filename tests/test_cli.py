@@ -21,7 +21,7 @@ from helpers import TINY, assert_user_error, run_cli, write_corpus
 # --help and `samplers` answer without TensorFlow ---------------------------------------------------
 
 HELP_COMMANDS = [[], ["train"], ["sample"], ["eval"], ["info"], ["export"], ["samplers"], ["corpus"],
-                 ["corpus", "synth"], ["corpus", "fetch"], ["gradients"], ["compare"], ["plot"], ["score"],
+                 ["corpus", "synth"], ["corpus", "fetch"], ["gradients"], ["compare"], ["plot"], ["score"], ["inspect"],
                  ["prepare"]]
 
 _NO_TENSORFLOW = """

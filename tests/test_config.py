@@ -42,6 +42,7 @@ def test_cells_take_their_gate_names_and_states_from_the_config():
     for kind, cell_class in CELLS.items():
         cell = cell_class(3)
         assert cell.gate_names == config.CELL_KINDS[kind].gate_names
+        assert cell.gate_values == config.CELL_KINDS[kind].gate_values
         assert len(cell.state_size) == config.CELL_KINDS[kind].num_states
 
 
