@@ -186,8 +186,8 @@ def to_dict(inspection: Inspection, found: list[Correlation]) -> dict:
     return {
         "cell": inspection.cell, "activation": inspection.activation, "layers": len(inspection.layers),
         "units": inspection.units, "signals": list(inspection.signals), "text": inspection.text,
-        "values": [{name: np.round(values.astype(np.float64), 6).tolist() for name, values in layer.items()}
-                   for layer in inspection.layers],
+        "values": [{name: (np.round(values.astype(np.float64), 6) + 0.0).tolist()  # + 0.0: no -0.0
+                    for name, values in layer.items()} for layer in inspection.layers],
         "features": {name: values.tolist() for name, values in text_features(inspection.text).items()},
         "correlations": [c.to_dict() for c in found],
     }
