@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from chargen import inspection
 from chargen.cells import make_cell
+from chargen.config import CELL_KINDS
 from chargen.model import CharModel
 from chargen.vocab import Vocabulary
 
@@ -119,7 +120,7 @@ def test_the_features_of_a_text_written_out_by_hand():
 def synthetic(text: str, cell: str = "lstm", units: int = 4, seed: int = 0) -> inspection.Inspection:
     """An inspection with random signals, no model: unit 2 of layer 1's c follows the quotes, minus noise."""
     rng = np.random.default_rng(seed)
-    names = inspection.CELL_KINDS[cell].signals
+    names = CELL_KINDS[cell].signals
     layers = [{name: rng.uniform(0.05, 0.95, size=(len(text), units)).astype(np.float32) for name in names}
               for _ in range(2)]
     if cell == "lstm":
