@@ -446,8 +446,8 @@ def _unit_option(value: str | None) -> tuple[int, int] | None:
 @click.argument("text", required=False)
 @click.option("--file", "text_file", type=click.Path(dir_okay=False), help="Read the text from this file instead.")
 @click.option("--unit", "unit_text", metavar="LAYER:INDEX",
-              help="The unit to show and colour by, counted from 0 [default: the one following a feature of the "
-                   "text most closely].")
+              help="The unit to show and colour by, counted from 0 [default: the one whose --signal follows a "
+                   "feature of the text most closely].")
 @click.option("--signal", type=click.Choice(_SIGNALS), default="h", show_default=True,
               help="What of the unit colours the page: h (hidden state), c (LSTM cell state), a gate (GRU: z, r; "
                    "LSTM: i, f, o) or a candidate (GRU: h~; LSTM: g).")
