@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,16 +29,16 @@ TESTS = Path(__file__).parent
 # Adam's division by the root of its second moment over three steps.
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-5
-# Every cell in both modes, stateful included; clipping that bites in some (the norm clipped must be the whole
-# batch's, not each replica's), and XLA compiling each replica's gradients in one.
+# Every cell in both modes, stateful included; two layers where the states of several layers are gathered;
+# clipping that bites in some (the norm clipped must be the whole batch's, not each replica's), and XLA
+# compiling each replica's gradients in one.
 CASES = [
-    {"cell": "rnn", "mode": "bptt", "stateful": True, "clip_norm": 0.05},
+    {"cell": "rnn", "mode": "bptt", "stateful": True, "clip_norm": 0.05, "num_layers": 2},
     {"cell": "rnn", "mode": "teacher-forcing", "stateful": False},
     {"cell": "gru", "mode": "bptt", "stateful": True},
     {"cell": "gru", "mode": "teacher-forcing", "stateful": False, "clip_norm": 0.05},
-    {"cell": "lstm", "mode": "bptt", "stateful": False, "clip_norm": 0.05},
-    {"cell": "lstm", "mode": "teacher-forcing", "stateful": False},
     {"cell": "lstm", "mode": "bptt", "stateful": True, "clip_norm": 0.05, "xla": True},
+    {"cell": "lstm", "mode": "teacher-forcing", "stateful": False},
 ]
 
 
@@ -103,19 +104,30 @@ def test_devices_beyond_what_tensorflow_sees_is_one_line(tmp_path):
 
 # Several devices on one machine ----------------------------------------------------------------
 
+TWO_DEVICE_RUN = [*TINY, "--stateful", "--devices", "2", "--device", "cpu"]
+
+
 @pytest.fixture(scope="module")
-def two_replica_comparisons():
-    """Every case trained 3 steps on one device and on two logical CPU devices, in one subprocess."""
-    completed = subprocess.run([sys.executable, str(TESTS / "distributed_equivalence.py"), json.dumps(CASES)],
+def two_cpu_devices(tmp_path_factory):
+    """One process with the CPU split in two: every case trained 3 steps on one device and on two replicas,
+    then `chargen train --devices 2` run twice, once with a batch the replicas cannot share."""
+    folder = tmp_path_factory.mktemp("two-devices")
+    corpus = write_corpus(folder / "words.txt")
+    train = ["train", str(corpus), *TWO_DEVICE_RUN, "--checkpoint-dir", str(folder)]
+    job = {"cases": CASES, "commands": [[*train, "--run-name", "two"],
+                                        [*train, "--run-name", "odd", "--batch-size", "7"]]}
+    completed = subprocess.run([sys.executable, str(TESTS / "two_cpu_devices.py"), json.dumps(job)],
                                capture_output=True, text=True, env=child_environment(), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return [json.loads(line) for line in completed.stdout.splitlines()]
+    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    return {"comparisons": lines[:len(CASES)], "commands": lines[len(CASES):], "folder": folder}
 
 
 @pytest.mark.slow
-def test_two_replicas_train_as_one_device_for_every_cell_and_mode(two_replica_comparisons):
-    assert len(two_replica_comparisons) == len(CASES)
-    for result in two_replica_comparisons:
+def test_two_replicas_train_as_one_device_for_every_cell_and_mode(two_cpu_devices):
+    comparisons = two_cpu_devices["comparisons"]
+    assert len(comparisons) == len(CASES)
+    for result in comparisons:
         assert result["steps"] == 3, result
         assert result["weight_change"] > 100 * WEIGHT_TOLERANCE, result  # the steps did move the weights
         assert result["loss"] < LOSS_TOLERANCE, result
@@ -126,21 +138,18 @@ def test_two_replicas_train_as_one_device_for_every_cell_and_mode(two_replica_co
 
 
 @pytest.mark.slow
-def test_chargen_train_on_two_devices_saves_a_run_that_samples(tmp_path):
-    corpus = write_corpus(tmp_path / "words.txt")
-    command = [sys.executable, "-m", "chargen", "train", str(corpus), *TINY, "--stateful", "--devices", "2",
-               "--device", "cpu", "--checkpoint-dir", str(tmp_path), "--run-name", "two"]
-    completed = subprocess.run(command, capture_output=True, text=True, env=child_environment(), timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert "2 devices (/device:CPU:0, /device:CPU:1)" in completed.stderr
-    with np.load(next((tmp_path / "two" / "snapshots").iterdir()) / "states.npz") as states:
+def test_chargen_train_on_two_devices_saves_a_run_that_samples(two_cpu_devices):
+    two, odd = two_cpu_devices["commands"]
+    assert two["exit_code"] == 0, two["stderr"]
+    assert "2 devices (/device:CPU:0, /device:CPU:1)" in two["stderr"]
+    run = two_cpu_devices["folder"] / "two"
+    with np.load(next((run / "snapshots").iterdir()) / "states.npz") as states:
         assert states["layer0_state0"].shape == (8, 16)  # the whole batch's rows, gathered from both replicas
-    result = run_cli("sample", tmp_path / "two", "--length", "20", "--seed", "1")
+    result = run_cli("sample", run, "--length", "20", "--seed", "1")
     assert result.exit_code == 0, result.output
-    odd = subprocess.run([*command[:-2], "--run-name", "odd", "--batch-size", "7"], capture_output=True, text=True,
-                         env=child_environment(), timeout=120)
-    assert odd.returncode != 0 and odd.stderr.strip().splitlines()[-1].startswith("Error: --batch-size 7 does not "
-                                                                                     "split evenly among 2 replicas")
+    assert odd["exit_code"] != 0
+    assert odd["stderr"].strip().splitlines()[-1].startswith("Error: --batch-size 7 does not split evenly among 2 "
+                                                             "replicas"), odd["stderr"]
 
 
 # Several machines: worker processes on localhost ------------------------------------------------
@@ -192,36 +201,17 @@ def last_weights(run: Path) -> list[np.ndarray]:
 
 CLUSTER_RUN = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--embedding-dim", "8",
                "--eval-every", "2", "--quiet", "--no-xla", "--stateful", "--lr-schedule", "constant"]
-# (constant: a cosine schedule would follow each session's --steps, and the cluster trains 2, then resumes to 4)
+# (constant: a cosine schedule would follow each session's --steps, and the cluster trains to a kill, then resumes)
+
+
+def snapshot_at(run: Path, step: int) -> Path:
+    return next((run / "snapshots").glob(f"step-{step:07d}-*"))
 
 
 @pytest.mark.slow
-def test_two_workers_train_and_resume_as_one_process(tmp_path):
-    corpus = write_corpus(tmp_path / "words.txt")
-    own_folders = [tmp_path / "worker0", tmp_path / "worker1"]
-    results = finish(start_workers(corpus, own_folders, *CLUSTER_RUN, "--steps", "2"))
-    assert [code for code, _ in results] == [0, 0], results
-    assert "worker 0 of 2 workers (chief: writes the run), 2 replicas in all" in results[0][1]
-    assert not (tmp_path / "worker1").exists()  # only the chief writes
-    # To resume, every worker reads the last snapshot: the run folder must be on storage they share.
-    shared = [tmp_path / "worker0"] * 2
-    results = finish(start_workers(corpus, shared, *CLUSTER_RUN, "--steps", "4", "--resume"))
-    assert [code for code, _ in results] == [0, 0], results
-
-    reference = run_cli("train", corpus, *CLUSTER_RUN, "--steps", "4", "--checkpoint-dir", tmp_path / "single",
-                        "--run-name", "one")
-    assert reference.exit_code == 0, reference.output
-    cluster, single = tmp_path / "worker0" / "cluster", tmp_path / "single" / "one"
-    for mine, theirs in zip(last_weights(cluster), last_weights(single)):
-        np.testing.assert_allclose(mine, theirs, atol=WEIGHT_TOLERANCE)
-    for name in ("layer0_state0", "layer0_state1"):
-        with np.load(next((cluster / "snapshots").glob("step-0000004-*")) / "states.npz") as mine, \
-                np.load(next((single / "snapshots").glob("step-0000004-*")) / "states.npz") as theirs:
-            np.testing.assert_allclose(mine[name], theirs[name], atol=WEIGHT_TOLERANCE)
-
-
-@pytest.mark.slow
-def test_a_dead_worker_stops_the_other_in_one_line_and_the_run_samples_and_resumes(tmp_path):
+def test_a_cluster_trains_as_one_process_and_a_dead_worker_leaves_a_run_that_resumes(tmp_path):
+    """Two workers train until one is killed; the chief, which alone wrote the run, stops in one line. The
+    run resumes as a cluster and as one process, and both equal one process trained as many steps."""
     corpus = write_corpus(tmp_path / "words.txt")
     chief, other = start_workers(corpus, [tmp_path / "worker0", tmp_path / "worker1"], *CLUSTER_RUN,
                                  "--steps", "100000")
@@ -236,17 +226,36 @@ def test_a_dead_worker_stops_the_other_in_one_line_and_the_run_samples_and_resum
     other.wait()
     waited = time.monotonic() - began
     lines = stderr.strip().splitlines()
+    assert "worker 0 of 2 workers (chief: writes the run), 2 replicas in all" in stderr
     assert code not in (0, None), stderr
     assert lines[-1].startswith("Error: training stopped at step "), stderr
     assert "another worker of the cluster stopped answering" in lines[-1]
     assert "Traceback" not in stderr
     assert waited < 150, waited  # a peer check every 5 s; generous, for a loaded machine
-
+    assert not (tmp_path / "worker1").exists()  # only the chief writes
     result = run_cli("sample", run, "--length", "20", "--seed", "1")
     assert result.exit_code == 0, result.output
+
     step = json.loads((run / "snapshots" / json.loads((run / "pointers.json").read_text())["last"] /
                        "progress.json").read_text())["step"]
+    alone = tmp_path / "alone"
+    shutil.copytree(tmp_path / "worker0", alone)
+    # To resume, every worker reads the last snapshot: the run folder must be on storage they share.
+    results = finish(start_workers(corpus, [tmp_path / "worker0"] * 2, *CLUSTER_RUN, "--steps", str(step + 2),
+                                   "--resume"))
+    assert [code for code, _ in results] == [0, 0], results
     result = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(step + 2), "--resume",
-                     "--checkpoint-dir", tmp_path / "worker0", "--run-name", "cluster")
+                     "--checkpoint-dir", alone, "--run-name", "cluster")
     assert result.exit_code == 0, result.output
-    assert f"step {step + 2}" in result.stdout
+    reference = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(step + 2), "--checkpoint-dir",
+                        tmp_path / "single", "--run-name", "one")
+    assert reference.exit_code == 0, reference.output
+
+    single = tmp_path / "single" / "one"
+    for resumed in (run, alone / "cluster"):
+        for mine, theirs in zip(last_weights(resumed), last_weights(single)):
+            np.testing.assert_allclose(mine, theirs, atol=WEIGHT_TOLERANCE)
+        with np.load(snapshot_at(resumed, step + 2) / "states.npz") as mine, \
+                np.load(snapshot_at(single, step + 2) / "states.npz") as theirs:
+            for name in ("layer0_state0", "layer0_state1"):
+                np.testing.assert_allclose(mine[name], theirs[name], atol=WEIGHT_TOLERANCE)

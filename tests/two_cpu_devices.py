@@ -1,10 +1,14 @@
 """Run by tests/test_distribution.py in a process of its own: the CPU split into two logical devices.
 
-For each case given as JSON on the command line, trains the same tiny model for a few steps once on one
-device and once on two replicas (MirroredStrategy) at the same global batch, and prints one JSON line per
-case: the largest differences of the step losses, of the weights and of the carried states, and the
-largest weight change (so a test can tell the steps did something). Splitting the CPU must happen before
-TensorFlow initialises its devices, which is why this is a separate process.
+Splitting the CPU must happen before TensorFlow initialises its devices, which is why this is a separate
+process; everything that needs two devices is done in this one process, so TensorFlow starts once. The job,
+JSON on the command line, has two parts, and one JSON line is printed per item:
+
+- "cases": for each, the same tiny model trained a few steps once on one device and once on two replicas
+  (MirroredStrategy) at the same global batch; the line gives the largest differences of the step losses,
+  of the weights and of the carried states, and the largest weight change (so a test can tell the steps
+  did something).
+- "commands": `chargen` command lines run in this process; the line gives the exit code and stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from chargen.config import TrainingConfig  # noqa: E402  (after the devices are split)
+from click.testing import CliRunner  # noqa: E402
+
+from chargen.cli import cli  # noqa: E402  (after the devices are split)
+from chargen.config import TrainingConfig  # noqa: E402
 from chargen.training import Callback, Trainer, build_model  # noqa: E402
 
 VOCAB_SIZE = 7
@@ -51,7 +58,7 @@ def largest_difference(first, second) -> float:
 
 def compare(case: dict) -> dict:
     xla = case.pop("xla", False)
-    config = TrainingConfig(**{"num_layers": 2, "units": 8, "embedding_dim": 4, "seq_len": 6, "batch_size": 4,
+    config = TrainingConfig(**{"num_layers": 1, "units": 8, "embedding_dim": 4, "seq_len": 6, "batch_size": 4,
                                "steps": 3, "eval_every": 0, "learning_rate": 0.01, **case})
     train_ids = np.random.default_rng(0).integers(0, VOCAB_SIZE, 600).astype(np.int32)
     one = train(tf.distribute.OneDeviceStrategy("/cpu:0"), config, train_ids, xla)
@@ -64,6 +71,14 @@ def compare(case: dict) -> dict:
             "weight_change": largest_difference(one[1], one[3])}
 
 
+def run_command(arguments: list[str]) -> dict:
+    result = CliRunner().invoke(cli, arguments)
+    return {"command": arguments, "exit_code": result.exit_code, "stderr": result.stderr}
+
+
 if __name__ == "__main__":
-    for given in json.loads(sys.argv[1]):
+    job = json.loads(sys.argv[1])
+    for given in job.get("cases", []):
         print(json.dumps(compare(given)), flush=True)
+    for arguments in job.get("commands", []):
+        print(json.dumps(run_command(arguments)), flush=True)
