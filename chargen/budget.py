@@ -22,6 +22,8 @@ TRAINING_COPIES = 4
 ACTIVATION_COPIES = 3
 # Per generated character and row: its int64 id, and its share of the decoded text and the temporaries.
 GENERATION_BYTES_PER_CHAR = 24
+# Per character of a synthetic corpus: the symbols drawn, their ids and the text.
+SYNTHETIC_BYTES_PER_CHAR = 24
 
 
 def machine_bytes() -> int:
@@ -75,6 +77,11 @@ def check_generation(length: int, num_samples: int, prime_length: int = 0) -> No
     require((prime_length + length) * num_samples * GENERATION_BYTES_PER_CHAR,
             f"generating {num_samples:,} sample(s) of {length:,} characters",
             "lower --length or --num-samples")
+
+
+def check_synthetic(length: int) -> None:
+    """Refuse a synthetic corpus longer than memory (it is drawn whole, then written)."""
+    require(length * SYNTHETIC_BYTES_PER_CHAR, f"making a synthetic corpus of {length:,} characters", "lower --length")
 
 
 def _size(count: int) -> str:

@@ -295,12 +295,14 @@ def check_model_classes(path: Path) -> None:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise ChargenError(f"cannot load the model in {path} (no readable config.json inside: {error}); "
                            "the file is damaged: delete that snapshot or the run") from None
-    for module, class_name, registered in _named_classes(saved):
-        ours = module.startswith("chargen.") and registered.startswith(_CHARGEN_REGISTERED)
-        if not ours and (module, class_name) not in _KERAS_CLASSES_ALLOWED:
-            raise ChargenError(f"refusing to load {path}: it names {module}.{class_name}, which is not one of "
-                               "chargen's layers, and loading it could run code that came with the file; "
-                               "load only models that chargen saved")
+    foreign = list(dict.fromkeys(
+        f"{module}.{class_name}" for module, class_name, registered in _named_classes(saved)
+        if not (module.startswith("chargen.") and registered.startswith(_CHARGEN_REGISTERED))
+        and (module, class_name) not in _KERAS_CLASSES_ALLOWED))
+    if foreign:
+        raise ChargenError(f"refusing to load {path}: it names {', '.join(foreign[:5])}, not chargen's layers, "
+                           "and loading it could run code that came with the file; load only models that "
+                           "chargen saved")
     if not isinstance(saved, dict) or saved.get("registered_name") != f"{_CHARGEN_REGISTERED}CharModel":
         raise ChargenError(f"refusing to load {path}: it does not hold a chargen model; "
                            "load only models that chargen saved")

@@ -790,6 +790,7 @@ def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, 
     """Write a synthetic corpus of KIND and print its exact entropy floor."""
     from chargen import synthetic
 
+    budget.check_synthetic(length)
     if kind == "markov":
         made = synthetic.markov_source(order=order, alphabet_size=alphabet_size, length=length, seed=seed,
                                        concentration=concentration)
