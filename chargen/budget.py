@@ -45,13 +45,11 @@ def require(needed: int, what: str, advice: str) -> None:
 def parameter_count(config: TrainingConfig, vocab_size: int) -> int:
     """The model's weights: embedding, each layer's kernels and biases per gate, and the output layer."""
     gates = len(CELL_KINDS[config.cell].gate_names)
-    biases = 2 if config.reset_after else 1
-    count = vocab_size * config.embedding_dim
-    inputs = config.embedding_dim
-    for _ in range(config.num_layers):
-        count += gates * (inputs * config.units + config.units * config.units + biases * config.units)
-        inputs = config.units
-    return count + config.units * vocab_size + vocab_size
+    units, biases = config.units, 2 if config.reset_after else 1
+    first = gates * (config.embedding_dim * units + units * units + biases * units)
+    deeper = gates * (2 * units * units + biases * units)  # each layer above reads the one below: units inputs
+    layers = first + (config.num_layers - 1) * deeper  # a formula, not a loop: --layers may be absurd
+    return vocab_size * config.embedding_dim + layers + units * vocab_size + vocab_size
 
 
 def training_bytes(config: TrainingConfig, vocab_size: int) -> int:

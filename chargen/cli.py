@@ -198,6 +198,7 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
     text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
     if not resume and not init_from:  # a bad option or a model beyond memory fails before TensorFlow loads
         budget.check_training(config.TrainingConfig(**options), len(text_corpus.vocab))
+    budget.check_generation(preview_length, 1)
     _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import checkpoints, distribution, sessions
     from chargen.reporting import Preview, ProgressBar

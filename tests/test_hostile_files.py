@@ -13,6 +13,7 @@ import pytest
 
 from chargen.corpus import Corpus, Source
 from chargen.errors import ChargenError
+
 from helpers import assert_user_error, run_cli, write_corpus
 
 
