@@ -138,6 +138,10 @@ class Corpus:
                         f"offset {offset - pending + error.start} ({error.reason}); pass --encoding, e.g. "
                         "--encoding latin-1, or --encoding-errors replace"
                     ) from None
+                except UnicodeError as error:  # not about one byte: e.g. UTF-16 or UTF-32 text without a BOM
+                    raise ChargenError(f"cannot decode {source.name} as {encoding} ({error}); pass the encoding "
+                                       "with its byte order, e.g. --encoding utf-16-le, or another --encoding") \
+                        from None
                 offset += len(data)
                 if piece:
                     yield index, piece
