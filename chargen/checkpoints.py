@@ -102,12 +102,12 @@ class Run:
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             needed = f"chargen {written_by} or newer" if isinstance(written_by, str) else "a newer chargen"
             raise ChargenError(f"run {path} was written by {needed.removesuffix(' or newer')} in checkpoint format "
-                               f"{version}, and this chargen ({_version()}) reads format {FORMAT_VERSION}; "
-                               f"install {needed} to use it")
+                               f"{version}, and this chargen reads format {FORMAT_VERSION}; install {needed} to "
+                               f"use it (this is chargen {_version()})")
         if version != FORMAT_VERSION:
             raise ChargenError(
-                f"run {path} has config.json field format_version = {version!r}, and this chargen reads format "
-                f"{FORMAT_VERSION}; the file is damaged: restore it or delete the run"
+                f"run {path} has checkpoint format {version!r} (config.json field format_version), and this chargen "
+                f"reads format {FORMAT_VERSION}; the file is damaged: restore it or delete the run"
             )
         if not isinstance(config.get("training"), dict):
             raise ChargenError(f"run {path} has a damaged config (config.json has no \"training\" object); "

@@ -93,9 +93,9 @@ def _corpus(paths, encoding, encoding_errors):
     if text_corpus.skipped:
         shown = ", ".join(f"{path} ({kind})" for path, kind in text_corpus.skipped[:3])
         more = f" and {len(text_corpus.skipped) - 3} more" if len(text_corpus.skipped) > 3 else ""
-        click.echo(f"skipped {len(text_corpus.skipped)} folder entr{'y' if len(text_corpus.skipped) == 1 else 'ies'} "
-                   f"that {'is' if len(text_corpus.skipped) == 1 else 'are'} not a regular file: {shown}{more}",
-                   err=True)
+        what = "entry that is not a regular file" if len(text_corpus.skipped) == 1 else \
+            "entries that are not regular files"
+        click.echo(f"skipped {len(text_corpus.skipped)} folder {what}: {shown}{more}", err=True)
     return text_corpus
 
 

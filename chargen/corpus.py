@@ -285,7 +285,7 @@ def _file_sources(path: Path) -> tuple[list[Source], list[tuple[str, str]]]:
 
 
 def _entry_kind(path: Path) -> str:
-    """"file", "folder", "missing", or what else the path is, as a message names it ("a FIFO (named pipe)")."""
+    """"file", "folder", "missing", or what else the path is, as a message names it ("a named pipe")."""
     try:
         return _kind_of(os.stat(path).st_mode)
     except OSError as error:
@@ -301,7 +301,7 @@ def _kind_of(mode: int) -> str:
         return "file"
     if stat.S_ISDIR(mode):
         return "folder"
-    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
