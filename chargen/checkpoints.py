@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from chargen.atomic import TEMPORARY_PREFIX, atomic_folder, atomic_write_text
+from chargen.config import TrainingConfig
 from chargen.distribution import this_process_writes
 from chargen.errors import ChargenError
 from chargen.vocab import Vocabulary
@@ -97,14 +98,26 @@ class Run:
         run = cls(path)
         config = run.config
         version = config.get("format_version")
+        written_by = (config.get("versions") or {}).get("chargen") if isinstance(config.get("versions"), dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            needed = f"chargen {written_by} or newer" if isinstance(written_by, str) else "a newer chargen"
+            raise ChargenError(f"run {path} was written by {needed.removesuffix(' or newer')} in checkpoint format "
+                               f"{version}, and this chargen reads format {FORMAT_VERSION}; install {needed} to "
+                               f"use it (this is chargen {_version()})")
         if version != FORMAT_VERSION:
             raise ChargenError(
-                f"run {path} was written in checkpoint format {version!r}, and this chargen reads format "
-                f"{FORMAT_VERSION}; use the chargen version that wrote it (see its config.json)"
+                f"run {path} has checkpoint format {version!r} (config.json field format_version), and this chargen "
+                f"reads format {FORMAT_VERSION}; the file is damaged: restore it or delete the run"
             )
         if not isinstance(config.get("training"), dict):
             raise ChargenError(f"run {path} has a damaged config (config.json has no \"training\" object); "
                                "delete the run or restore the file")
+        TrainingConfig.from_saved(config["training"])  # every field's type and range, named if wrong
+        vocab_size = config.get("vocab_size")
+        if vocab_size is not None and vocab_size != len(run.vocabulary()):
+            raise ChargenError(f"run {path} has config.json field vocab_size = {vocab_size!r} but its vocab.json "
+                               f"holds {len(run.vocabulary())} characters; a file is damaged: restore it or delete "
+                               "the run")
         return run
 
     @property
@@ -116,8 +129,9 @@ class Run:
             return Vocabulary.from_json((self.path / "vocab.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ChargenError(f"run {self.path} has no vocab.json; it is not a complete chargen run") from None
-        except ChargenError as error:
-            raise ChargenError(f"run {self.path}: {error}") from None
+        except (ChargenError, ValueError) as error:
+            raise ChargenError(f"run {self.path} has a damaged vocab.json ({error}); restore it or delete the run") \
+                from None
 
     # Snapshots ---------------------------------------------------------------------------------
 
@@ -193,6 +207,7 @@ class Run:
         if not zipfile.is_zipfile(path):  # Keras would call a damaged file "not found"
             raise ChargenError(f"cannot load the model in {path} (not a .keras zip archive); "
                                "the file is damaged: delete that snapshot or the run")
+        check_model_classes(path)
         try:
             return keras.saving.load_model(path, safe_mode=True)
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
@@ -260,6 +275,55 @@ class Run:
             except ValueError:
                 continue  # a line torn by a kill mid-write
         return records
+
+
+# The objects a model file of chargen's may name: its own registered classes, and Keras's dtype policies.
+_CHARGEN_REGISTERED = "chargen>"
+_KERAS_CLASSES_ALLOWED = {("keras", "DTypePolicy"), ("keras", "FloatDTypePolicy")}
+
+
+def check_model_classes(path: Path) -> None:
+    """Refuse a model file that names any class but chargen's own, by reading its config before Keras does.
+
+    A `.keras` file can name any importable class, or carry a Python function (a `Lambda` layer); loading
+    one would run code that came with the file. Nothing in the file is deserialised here: its config.json
+    is read as plain JSON and every object it names must be on the list above.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ChargenError(f"cannot load the model in {path} (no readable config.json inside: {error}); "
+                           "the file is damaged: delete that snapshot or the run") from None
+    foreign = list(dict.fromkeys(
+        f"{module}.{class_name}" for module, class_name, registered in _named_classes(saved)
+        if not (module.startswith("chargen.") and registered.startswith(_CHARGEN_REGISTERED))
+        and (module, class_name) not in _KERAS_CLASSES_ALLOWED))
+    if foreign:
+        raise ChargenError(f"refusing to load {path}: it names {', '.join(foreign[:5])}, not chargen's layers, "
+                           "and loading it could run code that came with the file; load only models that "
+                           "chargen saved")
+    if not isinstance(saved, dict) or saved.get("registered_name") != f"{_CHARGEN_REGISTERED}CharModel":
+        raise ChargenError(f"refusing to load {path}: it does not hold a chargen model; "
+                           "load only models that chargen saved")
+
+
+def _named_classes(value):
+    """(module, class_name, registered_name) of every serialised object in a Keras config, at any depth."""
+    if isinstance(value, dict):
+        if "class_name" in value:
+            yield str(value.get("module")), str(value.get("class_name")), str(value.get("registered_name"))
+        for item in value.values():
+            yield from _named_classes(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _named_classes(item)
+
+
+def _version() -> str:
+    import chargen
+
+    return chargen.__version__
 
 
 def resolve_run(run: str | None, checkpoint_dir: Path) -> Run:

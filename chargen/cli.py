@@ -8,6 +8,7 @@ with a non-zero exit; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from chargen import config
+from chargen import budget, config
 from chargen.errors import ChargenError
 
 INTERRUPTED = 130  # the conventional exit status after Ctrl-C
@@ -35,6 +36,11 @@ class ChargenGroup(click.Group):
             if ctx.meta.get("chargen.debug"):
                 raise
             raise click.ClickException(str(error)) from None
+        except MemoryError:  # what `budget` could not foresee: still one line, and what to do
+            if ctx.meta.get("chargen.debug"):
+                raise
+            raise click.ClickException("out of memory for what was asked; ask for less (a smaller model, batch, "
+                                       "--length or --num-samples) or free memory") from None
         except KeyboardInterrupt:
             if ctx.meta.get("chargen.debug"):
                 raise
@@ -80,9 +86,17 @@ def cli(ctx: click.Context, debug: bool):
 
 
 def _corpus(paths, encoding, encoding_errors):
+    """The corpus the paths name; folder entries that are not regular files are skipped, and said so."""
     from chargen import corpus
 
-    return corpus.resolve_corpus(list(paths), encoding=encoding, errors=encoding_errors)
+    text_corpus = corpus.resolve_corpus(list(paths), encoding=encoding, errors=encoding_errors)
+    if text_corpus.skipped:
+        shown = ", ".join(f"{path} ({kind})" for path, kind in text_corpus.skipped[:3])
+        more = f" and {len(text_corpus.skipped) - 3} more" if len(text_corpus.skipped) > 3 else ""
+        what = "entry that is not a regular file" if len(text_corpus.skipped) == 1 else \
+            "entries that are not regular files"
+        click.echo(f"skipped {len(text_corpus.skipped)} folder {what}: {shown}{more}", err=True)
+    return text_corpus
 
 
 def _encoded_corpus(paths, encoding, encoding_errors):
@@ -102,6 +116,49 @@ def _encoded_corpus(paths, encoding, encoding_errors):
                       f"({prepared.num_bytes / 1e6 / max(seconds, 1e-9):,.0f} MB/s) into {where}")
 
 
+# numbers ----------------------------------------------------------------------------------------
+
+class Integer(click.ParamType):
+    """An integer within bounds: by default those of int64, what numpy and TensorFlow hold, so a number
+    of any size on the command line is refused here in one line rather than overflowing deep inside them."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int = -(2**63), maximum: int = 2**63 - 1):
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip().replace("_", ""))
+            except ValueError:
+                self.fail(f"{value!r} is not a whole number", param, ctx)
+        if not self.minimum <= number <= self.maximum:
+            self.fail(f"{value} is outside {self.minimum}..{self.maximum}", param, ctx)
+        return number
+
+
+class FiniteFloat(click.ParamType):
+    """A real number; NaN and infinity are refused (no option means "no limit" by infinity: leave it out)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number (to set no limit, leave the option out)", param, ctx)
+        return number
+
+
+INTEGER, FINITE_FLOAT, SEED = Integer(), FiniteFloat(), Integer(*config.SEED_RANGE)
+_NUMBER_TYPES = {int: INTEGER, float: FINITE_FLOAT}
+
+
 # train ------------------------------------------------------------------------------------------
 
 def _click_option(option: config.OptionSpec):
@@ -112,8 +169,10 @@ def _click_option(option: config.OptionSpec):
         kind = {"type": click.Choice(option.choices)}
     elif option.type is Path:
         kind = {"type": click.Path(file_okay=False)}
+    elif option.name == "seed":
+        kind = {"type": SEED}
     else:
-        kind = {"type": option.type}
+        kind = {"type": _NUMBER_TYPES.get(option.type, option.type)}
     return click.option(option.flags, option.name, default=option.default, show_default=option.shows_default,
                         help=option.help, metavar=option.metavar, envvar=option.envvar,
                         show_envvar=option.envvar is not None, **kind)
@@ -137,6 +196,9 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
 
     check_placement_options(devices)  # a malformed --devices or TF_CONFIG fails before TensorFlow loads
     text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
+    if not resume and not init_from:  # a bad option or a model beyond memory fails before TensorFlow loads
+        budget.check_training(config.TrainingConfig(**options), len(text_corpus.vocab))
+    budget.check_generation(preview_length, 1)
     _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import checkpoints, distribution, sessions
     from chargen.reporting import Preview, ProgressBar
@@ -299,13 +361,16 @@ def _parse_strategy(strategy_name: str, option_pairs):
 @click.option("--strategy", default="random", show_default=True, help="Sampling strategy (see `chargen samplers`).")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="NAME=VALUE",
               help="A strategy option; repeatable.")
-@click.option("--temperature", "-t", type=float, default=1.0, show_default=True,
+@click.option("--temperature", "-t", type=FINITE_FLOAT, default=1.0, show_default=True,
               help="Divide the logits by this (stochastic strategies).")
-@click.option("--length", "-n", type=int, default=500, show_default=True,
+@click.option("--length", "-n", type=INTEGER, default=500, show_default=True,
               help="Characters to generate after the prime.")
 @click.option("--prime", default="", help="Text to start from (default: a newline).")
-@click.option("--num-samples", type=int, default=1, show_default=True, help="Samples generated together as one batch.")
-@click.option("--seed", type=int, help="Make the sample repeatable.")
+@click.option("--drop-unknown", is_flag=True,
+              help="Leave out prime characters the model never saw (default: stop and list them).")
+@click.option("--num-samples", type=INTEGER, default=1, show_default=True,
+              help="Samples generated together as one batch.")
+@click.option("--seed", type=SEED, help="Make the sample repeatable.")
 @click.option("--stop", help="End a sample when this text appears (not included).")
 @click.option("--stream/--no-stream", default=True, show_default=True,
               help="Print characters as they are produced (one sample, to a terminal).")
@@ -319,22 +384,36 @@ def _parse_strategy(strategy_name: str, option_pairs):
 @click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
               help="Arithmetic of the generation step: float32 is the numpy engine; bfloat16 and float16 run the "
                    "model in TensorFlow.")
-def sample(run, strategy, option_pairs, temperature, length, prime, num_samples, seed, stop, stream, output,
-           candidates, which, checkpoint_dir, precision):
+def sample(run, strategy, option_pairs, temperature, length, prime, drop_unknown, num_samples, seed, stop, stream,
+           output, candidates, which, checkpoint_dir, precision):
     """Generate text from RUN (default: the newest run in --checkpoint-dir)."""
     if not temperature > 0:
         raise ChargenError("--temperature must be above 0 (for the single most likely text use --strategy greedy). "
                            f"Received: --temperature {temperature}")
-    chosen = _parse_strategy(strategy, option_pairs)  # before TensorFlow loads: a bad option fails fast
-    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
-    from chargen import checkpoints
-    from chargen.generation import GenerationRequest, generate, generate_candidates, make_stepper, validate_request
+    from dataclasses import replace
 
-    the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
-    vocab = the_run.vocabulary()
+    from chargen import checkpoints
+    from chargen.generation import (
+        GenerationRequest,
+        generate,
+        generate_candidates,
+        make_stepper,
+        usable_prime,
+        validate_request,
+    )
+
     request = GenerationRequest(length=length, prime=prime, num_samples=num_samples, temperature=temperature,
                                 seed=seed, stop=stop)
-    validate_request(request, vocab)
+    validate_request(request)  # before TensorFlow loads, like the strategy's options: a mistake fails fast
+    chosen = _parse_strategy(strategy, option_pairs)
+    the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
+    vocab = the_run.vocabulary()
+    kept, dropped = usable_prime(prime, vocab, drop_unknown)
+    if dropped:
+        click.echo(f"left {len(dropped)} character(s) the model never saw out of the prime: {dropped[:40]!r}",
+                   err=True)
+        request = replace(request, prime=kept)
+    _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     stepper = make_stepper(the_run.load_model(which), precision)
     if candidates:
         for index, row in enumerate(generate_candidates(stepper, vocab, chosen, request)):
@@ -551,15 +630,15 @@ _FRESH_MODEL_OPTIONS = ("cell", "activation", "num_layers", "units", "embedding_
 @click.argument("run", required=False)
 @click.option("--text", "text_path", default="builtin:python-docs", show_default=True,
               help="Where the windows come from: a file, a folder or builtin:python-docs.")
-@click.option("--window", type=int, default=50, show_default=True, help="Characters per window: k runs up to it.")
-@click.option("--windows", "count", type=int, default=32, show_default=True, help="Windows averaged over.")
+@click.option("--window", type=INTEGER, default=50, show_default=True, help="Characters per window: k runs up to it.")
+@click.option("--windows", "count", type=INTEGER, default=32, show_default=True, help="Windows averaged over.")
 @click.option("--mode", type=click.Choice(config.MODES), help="How the gradient flows [default: the run's, or bptt].")
 @_click_option(config.OPTIONS["cell"])
 @_click_option(config.OPTIONS["activation"])
 @_click_option(config.OPTIONS["num_layers"])
 @_click_option(config.OPTIONS["units"])
 @_click_option(config.OPTIONS["embedding_dim"])
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for a fresh model's weights and for choosing the windows.")
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which saved model of RUN.")
@@ -630,10 +709,11 @@ def _comma_list(value: str, flag: str, allowed=None, kind=str) -> list:
               help="The SimpleRNN's activations, comma-separated (gated cells run with tanh only).")
 @click.option("--lags", default="5,20", show_default=True,
               help="Filler characters between a recall source's key and its repeat, comma-separated.")
-@click.option("--units", type=int, default=32, show_default=True, help="Hidden units of every model.")
-@click.option("--steps", type=int, default=300, show_default=True, help="Training steps per trial.")
-@click.option("--time-limit", type=float, metavar="SECONDS", help="Also stop each trial after this many seconds.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sources, weights and windows.")
+@click.option("--units", type=INTEGER, default=32, show_default=True, help="Hidden units of every model.")
+@click.option("--steps", type=INTEGER, default=300, show_default=True, help="Training steps per trial.")
+@click.option("--time-limit", type=FINITE_FLOAT, metavar="SECONDS",
+              help="Also stop each trial after this many seconds.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the sources, weights and windows.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw the share of the key each trial recalled into this PNG (needs chargen[plot]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, a record per trial.")
@@ -700,8 +780,8 @@ def export(run, output, which, fmt, force, checkpoint_dir):
               help="The PNG file to write.")
 @click.option("--x", "x_axis", type=click.Choice(["step", "time"]), default="step", show_default=True,
               help="Horizontal axis: optimizer steps, or training time (over all sessions of a run).")
-@click.option("--width", type=int, default=1200, show_default=True, help="Picture width in pixels.")
-@click.option("--height", type=int, default=450, show_default=True, help="Picture height in pixels.")
+@click.option("--width", type=INTEGER, default=1200, show_default=True, help="Picture width in pixels.")
+@click.option("--height", type=INTEGER, default=450, show_default=True, help="Picture height in pixels.")
 @_click_option(config.OPTIONS["checkpoint_dir"])
 def plot(runs, output, x_axis, width, height, checkpoint_dir):
     """Draw RUNs' training and validation bits per character into one PNG (needs `pip install 'chargen[plot]'`)."""
@@ -778,20 +858,21 @@ def fetch(name, folder, url):
 @corpus.command()
 @click.argument("kind", type=click.Choice(["markov", "recall"]))
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="File to write.")
-@click.option("--length", type=int, default=200_000, show_default=True, help="Characters to write.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--order", type=int, default=2, show_default=True, help="markov: characters of context.")
-@click.option("--alphabet-size", type=int, default=8, show_default=True, help="markov: distinct characters.")
-@click.option("--concentration", type=float, default=0.2, show_default=True,
+@click.option("--length", type=INTEGER, default=200_000, show_default=True, help="Characters to write.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--order", type=INTEGER, default=2, show_default=True, help="markov: characters of context.")
+@click.option("--alphabet-size", type=INTEGER, default=8, show_default=True, help="markov: distinct characters.")
+@click.option("--concentration", type=FINITE_FLOAT, default=0.2, show_default=True,
               help="markov: Dirichlet concentration (small: peaked).")
-@click.option("--lag", type=int, default=8, show_default=True,
+@click.option("--lag", type=INTEGER, default=8, show_default=True,
               help="recall: filler characters between a key and its repeat.")
-@click.option("--keys", "num_keys", type=int, default=4, show_default=True, help="recall: distinct keys.")
-@click.option("--filler-size", type=int, default=2, show_default=True, help="recall: distinct filler characters.")
+@click.option("--keys", "num_keys", type=INTEGER, default=4, show_default=True, help="recall: distinct keys.")
+@click.option("--filler-size", type=INTEGER, default=2, show_default=True, help="recall: distinct filler characters.")
 def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, num_keys, filler_size):
     """Write a synthetic corpus of KIND and print its exact entropy floor."""
     from chargen import synthetic
 
+    budget.check_synthetic(length)
     if kind == "markov":
         made = synthetic.markov_source(order=order, alphabet_size=alphabet_size, length=length, seed=seed,
                                        concentration=concentration)

@@ -63,6 +63,8 @@ LR_FLOOR = 0.1  # the cosine schedule ends at this fraction of --learning-rate
 # --precision NAME -> the Keras dtype policy of the recurrent layers: float32 variables, computing in NAME.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and Keras's global seeding accepts
+
 RUN, LIMIT, SESSION = "run", "limit", "session"
 
 
@@ -221,11 +223,20 @@ class TrainingConfig:
 
         A run saved before an option existed gets the value that gives its behaviour then.
         """
+        unknown = sorted(set(saved) - set(OPTIONS))
+        if unknown:
+            raise ChargenError(f"the run's config.json has a field training.{unknown[0]} that this chargen does not "
+                               "know; it was written by another version of chargen, or the file is damaged")
+        for name, value in saved.items():
+            if not _has_type(value, OPTIONS[name]):
+                raise ChargenError(f"the run's config.json has training.{name} = {value!r}, which is not "
+                                   f"{_TYPE_NAMES[OPTIONS[name].type]}; the file is damaged: restore it or delete "
+                                   "the run")
         try:
             return cls(**{**BEFORE_THE_OPTION_EXISTED, **saved})
-        except TypeError as error:
-            raise ChargenError(f"the run's config.json does not describe a chargen training ({error}); "
-                               "the file is damaged") from None
+        except ChargenError as error:
+            raise ChargenError(f"the run's config.json breaks a rule: {error}; the file is damaged: restore it or "
+                               "delete the run") from None
 
     def model_arguments(self) -> dict:
         """What `CharModel` is built from."""
@@ -235,6 +246,20 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+def _has_type(value, option: OptionSpec) -> bool:
+    """Whether a value read from JSON has the option's type (JSON's whole numbers count as floats too)."""
+    if value is None:
+        return option.default is None
+    if option.type is bool or isinstance(value, bool):
+        return option.type is bool and isinstance(value, bool)
+    if option.type is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, option.type)
 
 
 def validate(config: TrainingConfig) -> None:
@@ -259,6 +284,8 @@ def validate(config: TrainingConfig) -> None:
         (0.0 <= config.val_fraction < 1.0, "val_fraction must be in [0, 1)", "val_fraction"),
         (config.eval_every >= 0, "eval_every must be 0 (only at the end) or positive", "eval_every"),
         (config.val_chars == 0 or config.val_chars >= 2, "val_chars must be 0 (all) or at least 2", "val_chars"),
+        (SEED_RANGE[0] <= config.seed <= SEED_RANGE[1], f"seed must be from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+         "seed"),
     ]
     for ok, rule, name in checks:
         if not ok:

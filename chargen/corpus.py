@@ -22,10 +22,12 @@ step's batch in numpy; `training_dataset` serves those batches to TensorFlow, pr
 from __future__ import annotations
 
 import codecs
+import errno
 import functools
 import hashlib
 import itertools
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,7 @@ class Corpus:
     inputs: tuple[Source, ...]  # in reading order
     encoding: str = "utf-8"  # of the files; a built-in text is always UTF-8
     errors: str = "strict"  # what to do with undecodable bytes: strict, replace or ignore
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, what it is) of folder entries that are not regular files
 
     @functools.cached_property
     def fingerprint(self) -> Fingerprint:
@@ -135,6 +138,10 @@ class Corpus:
                         f"offset {offset - pending + error.start} ({error.reason}); pass --encoding, e.g. "
                         "--encoding latin-1, or --encoding-errors replace"
                     ) from None
+                except UnicodeError as error:  # not about one byte: e.g. UTF-16 or UTF-32 text without a BOM
+                    raise ChargenError(f"cannot decode {source.name} as {encoding} ({error}); pass the encoding "
+                                       "with its byte order, e.g. --encoding utf-16-le, or another --encoding") \
+                        from None
                 offset += len(data)
                 if piece:
                     yield index, piece
@@ -151,11 +158,30 @@ class Corpus:
             yield from (data[start:start + READ_BYTES] for start in range(0, len(data), READ_BYTES))
             return
         try:
-            with open(source.path, "rb") as file:
+            with _open_regular_file(source) as file:
                 while data := file.read(READ_BYTES):
                     yield data
         except OSError as error:
             raise ChargenError(f"cannot read {source.name}: {error.strerror}") from None
+
+
+def _open_regular_file(source: Source):
+    """The file opened for reading, once it is known to be a regular file.
+
+    Opening does not wait (a FIFO would block until a writer came), and the kind is checked on the open
+    file itself: a path that became a pipe or a device since the corpus was listed is refused, not read.
+    """
+    descriptor = os.open(source.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        kind = _kind_of(os.fstat(descriptor).st_mode)
+        if kind != "file":
+            raise ChargenError(f"cannot read {source.name}: it is {kind}, not a regular file; "
+                               "chargen reads text files only")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _python_docs_text() -> str:
@@ -184,9 +210,8 @@ def read_corpus(
         errors: what to do with bytes the encoding cannot decode: "strict" (stop with an error that
             names the file and byte offset), "replace" (U+FFFD) or "ignore" (drop them).
     """
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    _check_encoding(encoding, errors)
-    return Corpus(tuple(source for path in paths for source in _file_sources(Path(path))), encoding, errors)
+    return resolve_corpus([Path(path) for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)],
+                          encoding, errors)
 
 
 def builtin_corpus(name: str) -> Corpus:
@@ -206,13 +231,15 @@ def resolve_corpus(
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     _check_encoding(encoding, errors)
-    sources = []
+    sources, skipped = [], []
     for path in paths:
         if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
             sources.append(_builtin_source(path[len(BUILTIN_PREFIX):]))
         else:
-            sources += _file_sources(Path(path))
-    return Corpus(tuple(sources), encoding, errors)
+            files, passed_over = _file_sources(Path(path))
+            sources += files
+            skipped += passed_over
+    return Corpus(tuple(sources), encoding, errors, tuple(skipped))
 
 
 def _check_encoding(encoding: str, errors: str) -> None:
@@ -228,23 +255,55 @@ def _check_encoding(encoding: str, errors: str) -> None:
                            f"Received: encoding={encoding!r}")
 
 
-def _file_sources(path: Path) -> list[Source]:
-    if not path.exists():
+def _file_sources(path: Path) -> tuple[list[Source], list[tuple[str, str]]]:
+    """The regular files a corpus path stands for, and the folder entries skipped as not regular files."""
+    kind = _entry_kind(path)
+    if kind == "missing":
         raise ChargenError(f"corpus path not found: {path}; check the path, or use "
                            f"{BUILTIN_PREFIX}python-docs for the built-in corpus")
-    if path.is_file():
-        return [Source(str(path), path)]
-    if not path.is_dir():
-        raise ChargenError(f"corpus path is neither a regular file nor a folder: {path}")
-    files = []
+    if kind == "file":
+        return [Source(str(path), path)], []
+    if kind != "folder":
+        raise ChargenError(f"corpus path {path} is {kind}, not a regular file or a folder; "
+                           "chargen reads text files: name files or folders of them")
+    files, skipped = [], []
     for folder, subfolders, names in os.walk(path):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        files += [Path(folder, name) for name in names if not name.startswith(".")]
-    files = sorted((file for file in files if file.is_file()), key=lambda file: file.relative_to(path).parts)
+        for name in names:
+            if not name.startswith("."):
+                entry = Path(folder, name)
+                kind = _entry_kind(entry)
+                if kind == "file":
+                    files.append(entry)
+                elif kind != "missing":  # gone since it was listed: nothing to say
+                    skipped.append((str(entry), kind))
+    files.sort(key=lambda file: file.relative_to(path).parts)
     if not files:
-        raise ChargenError(f"folder {path} has no files to read (hidden files and folders are skipped); "
-                           "put text files in it or name the files")
-    return [Source(str(file), file) for file in files]
+        raise ChargenError(f"folder {path} has no files to read (hidden files and folders, pipes, devices and "
+                           "sockets are skipped); put text files in it or name the files")
+    return [Source(str(file), file) for file in files], sorted(skipped)
+
+
+def _entry_kind(path: Path) -> str:
+    """"file", "folder", "missing", or what else the path is, as a message names it ("a named pipe")."""
+    try:
+        return _kind_of(os.stat(path).st_mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symlink loop"
+        if os.path.islink(path):
+            return "a broken symlink"
+        return "missing" if error.errno in (errno.ENOENT, errno.ENOTDIR) else f"unreadable ({error.strerror})"
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def _builtin_source(name: str) -> Source:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chargen import budget
 from chargen.config import PRECISIONS
 from chargen.errors import ChargenError
 from chargen.sampling import GuardedStrategy, SamplingContext
@@ -277,7 +278,8 @@ class GenerationRequest:
     stop: str | None = None  # a row ends when this text appears (it is not included)
 
 
-def validate_request(request: GenerationRequest, vocab: Vocabulary) -> None:
+def validate_request(request: GenerationRequest, vocab: Vocabulary | None = None) -> None:
+    """Every rule of a request in one place; without a vocabulary, all but the prime's characters."""
     if request.length < 1:
         raise ChargenError(f"length must be at least 1. Received: length={request.length}")
     if request.num_samples < 1:
@@ -287,7 +289,24 @@ def validate_request(request: GenerationRequest, vocab: Vocabulary) -> None:
                            f"Received: temperature={request.temperature}")
     if request.stop == "":
         raise ChargenError("stop text must not be empty. Received: stop=''")
-    vocab.encode(request.prime)  # a character the model never saw stops here, named
+    budget.check_generation(request.length, request.num_samples, len(request.prime))
+    if vocab is not None:
+        usable_prime(request.prime, vocab, drop_unknown=False)  # a character the model never saw stops here
+
+
+def usable_prime(prime: str, vocab: Vocabulary, drop_unknown: bool) -> tuple[str, str]:
+    """The prime as the model can read it, and the distinct characters left out of it (with `drop_unknown`).
+
+    Without `drop_unknown`, a character the model never saw is a `ChargenError` that lists them all.
+    """
+    known = set(vocab.chars)
+    unknown = "".join(sorted(set(prime) - known))
+    if not unknown:
+        return prime, ""
+    if not drop_unknown:
+        raise ChargenError(f"the prime holds {len(unknown)} character(s) the model never saw: {unknown[:40]!r}; "
+                           "remove them, or pass --drop-unknown to leave them out of the prime")
+    return "".join(char for char in prime if char in known), unknown
 
 
 def start_ids(prime: str, vocab: Vocabulary) -> np.ndarray:

@@ -91,6 +91,16 @@ def _conditional_entropies(transitions: np.ndarray) -> np.ndarray:
     return -(transitions * np.log2(safe)).sum(axis=1)  # [C]
 
 
+def _power_capped(base: int, exponent: int, cap: int) -> int:
+    """base**exponent, or the first power past `cap` (an order of 10**18 must not compute its power)."""
+    value = 1
+    for _ in range(exponent):
+        value *= base
+        if value > cap:
+            break
+    return value
+
+
 def markov_source(
     order: int,
     alphabet_size: int,
@@ -122,8 +132,9 @@ def markov_source(
                            f"Received: alphabet_size={alphabet_size}")
     if order < 0:
         raise ChargenError(f"order must be 0 or more. Received: order={order}")
-    if alphabet_size**order > MAX_MARKOV_CONTEXTS:
-        raise ChargenError(f"an order-{order} chain over {alphabet_size} symbols has {alphabet_size**order:,} "
+    contexts = _power_capped(alphabet_size, order, MAX_MARKOV_CONTEXTS)
+    if contexts > MAX_MARKOV_CONTEXTS:
+        raise ChargenError(f"an order-{order} chain over {alphabet_size} symbols has {alphabet_size}^{order} "
                            f"contexts, more than the {MAX_MARKOV_CONTEXTS:,} allowed; lower the order or "
                            f"the alphabet size. Received: order={order}, alphabet_size={alphabet_size}")
     if not concentration > 0:

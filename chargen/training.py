@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from chargen import corpus
+from chargen import budget, corpus
 from chargen.config import LR_FLOOR, TrainingConfig
 from chargen.errors import ChargenError
 from chargen.model import CharModel
@@ -91,6 +91,8 @@ def scheduled_learning_rate(config: TrainingConfig, fraction: float | None) -> f
 
 
 def build_model(config: TrainingConfig, vocab_size: int) -> CharModel:
+    """The run's model, once its size is known to fit in memory (`budget.check_training`)."""
+    budget.check_training(config, vocab_size)
     keras.utils.set_random_seed(config.seed)
     model = CharModel(vocab_size, **config.model_arguments())
     model.build()

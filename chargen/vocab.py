@@ -58,13 +58,18 @@ class Vocabulary:
         chars = list(chars)
         if not chars:
             raise ChargenError("the vocabulary is empty: the corpus has no characters")
-        if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
-            raise ChargenError(f"a vocabulary needs distinct single characters. Received: chars={chars!r}")
+        for index, char in enumerate(chars):
+            if not isinstance(char, str) or len(char) != 1 or 0xD800 <= ord(char) <= 0xDFFF:
+                raise ChargenError(f"a vocabulary needs single characters (no lone surrogates), and entry {index} "
+                                   f"of chars is {char!r}")
+        if len(set(chars)) != len(chars):
+            repeated = sorted({char for char in chars if chars.count(char) > 1})[:10]
+            raise ChargenError(f"a vocabulary needs distinct characters, and chars repeats {''.join(repeated)!r}")
         self.chars = sorted(chars)
         points = np.array([ord(c) for c in self.chars], dtype=np.int64)
         self._ids_by_point = np.full(0x110000, -1, dtype=np.int32)  # every code point -> id, -1 if absent
         self._ids_by_point[points] = np.arange(len(points), dtype=np.int32)
-        self._char_array = np.array(self.chars)
+        self._char_points = points.astype("<u4")  # id -> code point, for decoding through UTF-32
         # Latin-1 byte -> id, for vocabularies small enough to keep one byte value free to mean "unknown".
         self._ids_by_byte = bytes(
             _UNKNOWN_BYTE if i < 0 else i for i in self._ids_by_point[:256].tolist()
@@ -128,7 +133,7 @@ class Vocabulary:
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """The text of a sequence of ids."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        return "".join(self._char_array[ids].tolist())
+        return self._char_points[ids].tobytes().decode("utf-32-le")
 
     def to_json(self) -> str:
         return json.dumps({"chars": self.chars}, ensure_ascii=False)
@@ -139,4 +144,11 @@ class Vocabulary:
             chars = json.loads(data)["chars"]
         except (ValueError, KeyError, TypeError) as error:
             raise ChargenError(f"the vocabulary file is not valid chargen JSON ({error})") from None
-        return cls(chars)
+        if not isinstance(chars, list):
+            raise ChargenError(f"the vocabulary file's chars is a JSON {type(chars).__name__}, not a list of "
+                               "characters")
+        vocab = cls(chars)
+        if vocab.chars != chars:  # ids are positions in the file's list: another order would change them
+            raise ChargenError("the vocabulary file's chars are not in code-point order, the order chargen saves "
+                               "them in")
+        return vocab

@@ -76,7 +76,8 @@ class Option:
             else:
                 if self.type is int or math.isfinite(value):
                     return value
-        raise ChargenError(f"option {self.name!r} takes {_EXPECTED[self.type]}. Received: {self.name}={text}")
+        raise ChargenError(f"option {self.name!r} takes {_EXPECTED[self.type]}. "
+                           f"Received: {_printable(f'{self.name}={text}')}")
 
     def accepts(self, value: Any) -> bool:
         """Whether `value` has this option's type; bool is a subclass of int, so it is checked apart."""
@@ -266,6 +267,12 @@ def _constructor_problems(cls: type[Strategy]) -> list[str]:
     return problems
 
 
+def _printable(text: str) -> str:
+    """Text as typed, or quoted with escapes when it holds a newline or another unprintable character,
+    so that an error quoting it stays one line."""
+    return text if text.isprintable() else repr(text)
+
+
 def parse_options(cls: type[Strategy], pairs: Sequence[str]) -> dict[str, Any]:
     """Convert `-o NAME=VALUE` strings to constructor keyword arguments, checked against `cls.options`.
 
@@ -286,11 +293,12 @@ def parse_options(cls: type[Strategy], pairs: Sequence[str]) -> dict[str, Any]:
             if declared:
                 listing = "; ".join(option.describe() for option in cls.options)
                 raise ChargenError(
-                    f"strategy {cls.name!r} has no option {name!r}; its options are {listing}. Received: {pair}"
+                    f"strategy {cls.name!r} has no option {name!r}; its options are {listing}. "
+                    f"Received: {_printable(pair)}"
                 )
-            raise ChargenError(f"strategy {cls.name!r} takes no options. Received: {pair}")
+            raise ChargenError(f"strategy {cls.name!r} takes no options. Received: {_printable(pair)}")
         if name in values:
             earlier = f"{name}={format_value(values[name])}"
-            raise ChargenError(f"option {name!r} is given twice. Received: {earlier} and {pair}")
+            raise ChargenError(f"option {name!r} is given twice. Received: {earlier} and {_printable(pair)}")
         values[name] = declared[name].parse(text)
     return values
