@@ -530,7 +530,7 @@ def _unit_option(value: str | None) -> tuple[int, int] | None:
 @click.option("--signal", type=click.Choice(_SIGNALS), default="h", show_default=True,
               help="What of the unit colours the page: h (hidden state), c (LSTM cell state), a gate (GRU: z, r; "
                    "LSTM: i, f, o) or a candidate (GRU: h~; LSTM: g).")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--top", type=Integer(1), default=3, show_default=True,
               help="Units listed per feature of the text.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Write a page colouring the text by the unit's signal, with the correlations, to this file.")

@@ -43,6 +43,7 @@ def _base_arguments(path, trained, tmp_path):
         ("train",): ["train", trained["corpus"], *TINY, "--checkpoint-dir", tmp_path / "runs"],
         ("sample",): ["sample", "tiny", *checkpoints],
         ("gradients",): ["gradients", "--text", trained["corpus"]],
+        ("inspect",): ["inspect", "tiny", "amber birch", *checkpoints],
         ("compare",): ["compare", "--cells", "rnn", "--lags", "5"],
         ("plot",): ["plot", "tiny", *checkpoints, "--output", tmp_path / "plot.png"],
         ("corpus", "synth"): ["corpus", "synth", "markov", "--length", "2000", "--output", tmp_path / "synth.txt"],
