@@ -22,6 +22,7 @@ from chargen import budget, config
 from chargen.errors import ChargenError
 
 INTERRUPTED = 130  # the conventional exit status after Ctrl-C
+CLOSED_PIPE = 141  # what a shell reports for a program ended by SIGPIPE
 
 
 class ChargenGroup(click.Group):
@@ -46,6 +47,9 @@ class ChargenGroup(click.Group):
                 raise
             click.echo("interrupted", err=True)
             ctx.exit(INTERRUPTED)
+        except BrokenPipeError:  # `chargen info | head`: the reader has what it wanted, nothing went wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail
+            ctx.exit(CLOSED_PIPE)
         except Exception as error:  # a bug of ours: still one line, with a way to see more
             if ctx.meta.get("chargen.debug"):
                 raise

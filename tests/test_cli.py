@@ -368,6 +368,16 @@ def test_debug_prints_a_traceback_in_a_real_process(tmp_path):
     assert "ChargenError" in debug.stderr and "nowhere.txt" in debug.stderr
 
 
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(trained):
+    """`chargen info | head -1`: no error line, the status a shell gives a program ended by SIGPIPE."""
+    process = subprocess.Popen([sys.executable, "-m", "chargen", "info", str(trained["run"])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line is written
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141
+    assert stderr == ""
+
+
 def test_debug_flag_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CHARGEN_DEBUG", "1")
     result = run_cli("train", tmp_path / "nowhere.txt")
