@@ -76,7 +76,7 @@ def check_run_name(name: str, flag: str = "--run-name") -> None:
     """Refuse a run name that would put the run anywhere but directly inside the checkpoint folder."""
     problem = name_problem(name)
     if problem:
-        raise ChargenError(f"{flag} {problem}; {RUN_NAME_RULE}. Received: {flag} {name!r}")
+        raise ChargenError(f"{flag} cannot name a run's folder: {problem}; {RUN_NAME_RULE}. Received: {flag} {name!r}")
 
 
 def _disk_trouble(error: OSError) -> tuple[str, str]:
