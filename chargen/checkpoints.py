@@ -397,13 +397,13 @@ def writing(path: Path, new: bool) -> Iterator[None]:
                 path.rmdir()  # only if empty
 
 
-def named_run(name: str, checkpoint_dir: Path) -> Run:
-    """The run `name` inside `checkpoint_dir` (a plain name, see `check_run_name`)."""
+def named_run_folder(name: str, checkpoint_dir: Path) -> Path:
+    """The folder of the existing run `name` inside `checkpoint_dir` (a plain name, see `check_run_name`)."""
     check_run_name(name)
     path = Path(checkpoint_dir) / name
     if not path.is_dir():
         raise ChargenError(f"no run named {name!r} in {checkpoint_dir}; `ls {checkpoint_dir}` lists the runs")
-    return Run.open(path)
+    return path
 
 
 def resolve_run(run: str | None, checkpoint_dir: Path) -> Run:

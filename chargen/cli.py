@@ -141,9 +141,8 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         checkpoints.check_run_name(run_name)
     # The run is held before the slow work (corpus, TensorFlow), so a second writer is refused at once.
     if resume:
-        run = checkpoints.named_run(run_name, Path(checkpoint_dir)) if run_name is not None \
-            else checkpoints.resolve_run(None, Path(checkpoint_dir))
-        run_path = run.path
+        run_path = checkpoints.named_run_folder(run_name, Path(checkpoint_dir)) if run_name is not None \
+            else checkpoints.resolve_run(None, Path(checkpoint_dir)).path
     elif init_from:
         parent = checkpoints.resolve_run(init_from, Path(checkpoint_dir))
         run_path = Path(checkpoint_dir) / (run_name or _default_run_name(parent.config["training"].get("cell", "run"),
@@ -152,6 +151,7 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         settings = config.TrainingConfig(**options)
         run_path = Path(checkpoint_dir) / (run_name or _default_run_name(settings.cell, corpus_paths))
     ctx.with_resource(checkpoints.writing(run_path, new=not resume))
+    run = checkpoints.Run.open(run_path) if resume else None  # once held: a run still being created is refused above
     text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
     _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import distribution, sessions

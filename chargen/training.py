@@ -379,18 +379,20 @@ class Trainer:
         with it, and the run keeps the snapshot saved before. float16's loss scaling skips a step whose
         gradients overflowed (and lowers its scale), so there only the loss counts."""
         if not math.isfinite(loss):
-            what = f"the loss is {loss}"
-        elif not math.isfinite(gradient_norm) and self.config.precision != "float16":
-            what = f"the gradients' norm is {gradient_norm}"
-        else:
-            return
-        raise TrainingDiverged(f"training diverged at step {step}: {what}; try {_remedies(self.config)}")
+            raise self._diverged(step, f"the loss is {loss}")
+        if not math.isfinite(gradient_norm) and self.config.precision != "float16":
+            raise self._diverged(step, f"the gradients' norm is {gradient_norm}")
+
+    def _diverged(self, step: int, what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged at step {step}: {what}; try {_remedies(self.config)}")
 
     def run_evaluation(self, logs: dict) -> None:
         """Evaluate on the scored validation text (if any), update the progress and tell the callbacks."""
         progress = self.progress
         if len(self.scored_val_ids) >= 2:
             val_loss = self._evaluator(self.scored_val_ids)
+            if not math.isfinite(val_loss):  # weights so large that only the training loss stayed finite
+                raise self._diverged(progress.step, f"the validation loss is {val_loss}")
             val_bpc = val_loss / LN2
             best = progress.best_val_bpc is None or val_bpc < progress.best_val_bpc
             progress.last_val_bpc = val_bpc

@@ -19,7 +19,7 @@ from chargen import atomic, checkpoints, sessions
 from chargen.checkpoints import Run
 from chargen.config import TrainingConfig
 from chargen.errors import ChargenError
-from chargen.training import Trainer, TrainingDiverged
+from chargen.training import Callback, Trainer, TrainingDiverged, build_model
 
 from helpers import TINY, assert_user_error, run_cli
 
@@ -117,14 +117,37 @@ def test_a_diverging_stateful_training_stops_there_and_keeps_its_last_good_snaps
     assert [record["step"] for record in map(json.loads, (run.path / "metrics.jsonl").read_text().splitlines())] == [2]
 
 
+def tiny_trainer(precision: str = "float32", callbacks=()) -> Trainer:
+    config = TrainingConfig(units=8, num_layers=1, embedding_dim=4, seq_len=8, batch_size=2, clip_norm=0.0,
+                            precision=precision)
+    ids = np.arange(200, dtype=np.int32) % 5
+    return Trainer(build_model(config, 5), config, ids, ids[:50], callbacks=callbacks, xla=False)
+
+
 @pytest.mark.parametrize("precision, stops", [("float32", True), ("bfloat16", True), ("float16", False)])
 def test_a_non_finite_gradient_stops_training_unless_loss_scaling_skips_the_step(precision, stops):
-    trainer = SimpleNamespace(config=TrainingConfig(precision=precision, clip_norm=0.0))
+    trainer = tiny_trainer(precision)
     if not stops:  # float16's loss scaling skips a step whose gradients overflowed, and lowers its scale
-        Trainer._check_finite(trainer, 7, 1.5, math.inf)
+        trainer._check_finite(7, 1.5, math.inf)
         return
     with pytest.raises(TrainingDiverged) as raised:
-        Trainer._check_finite(trainer, 7, 1.5, math.inf)
+        trainer._check_finite(7, 1.5, math.inf)
     line = str(raised.value)
     assert "step 7" in line and "gradients' norm is inf" in line and "--clip-norm 1 (clipping is off)" in line
     assert ("--precision float32" in line) == (precision != "float32")
+
+
+def test_a_non_finite_validation_loss_stops_before_the_evaluation_is_saved_or_shown():
+    """Weights can grow so large that the training loss stays finite while the validation loss does not."""
+    evaluations = []
+
+    class Recorder(Callback):
+        def on_evaluate(self, trainer, logs):
+            evaluations.append(logs)
+
+    trainer = tiny_trainer(callbacks=[Recorder()])
+    trainer._evaluator = lambda ids: math.nan
+    trainer.progress.step = 5
+    with pytest.raises(TrainingDiverged, match="step 5: the validation loss is nan"):
+        trainer.run_evaluation({})
+    assert evaluations == []  # so no snapshot is saved and no preview drawn from those weights

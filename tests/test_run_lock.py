@@ -226,3 +226,11 @@ def test_a_new_run_that_fails_before_writing_leaves_no_folder(tmp_path):
             assert (run / LOCK_FILE).exists()
             raise RuntimeError("the corpus could not be read")
     assert not run.exists()
+
+
+def test_resuming_a_run_still_being_created_names_its_writer_rather_than_calling_it_incomplete(tmp_path):
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("abc " * 100)
+    with checkpoints.writing(tmp_path / "ck" / "young", new=True):  # before its config.json is written
+        result = run_cli("train", corpus, "--resume", "--run-name", "young", "--checkpoint-dir", tmp_path / "ck")
+    assert_user_error(result, "run", "young", f"is being written by process {os.getpid()}")
