@@ -84,7 +84,7 @@ def _disk_trouble(error: OSError) -> tuple[str, str]:
     reason = error.strerror or str(error) or type(error).__name__
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return reason, "free some space"
-    return reason, "fix that"
+    return reason, "fix the cause"
 
 
 def _read_json(path: Path, what: str, run: Path) -> dict:
@@ -127,7 +127,8 @@ class Run:
                               json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
         except OSError as error:
             for made in (path / SNAPSHOTS, path / "vocab.json"):  # the folder held nothing before: undo
-                shutil.rmtree(made, ignore_errors=True) if made.is_dir() else made.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(made) if made.is_dir() else made.unlink()
             reason, remedy = _disk_trouble(error)
             raise ChargenError(f"cannot create the run folder {path} ({reason}); "
                                f"{remedy} or choose another --checkpoint-dir") from None
