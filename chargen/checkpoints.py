@@ -370,14 +370,14 @@ def writing(path: Path, new: bool) -> Iterator[None]:
     """Hold the run folder `path` for this process's writes: another process writing it is refused at once,
     naming it. Does nothing on a worker that is not the chief (it writes nothing).
 
-    new: the run is to be created: its folder is made, and one that holds anything already is refused; a
-    folder made here that ends up empty (the training stopped before writing) is removed at the end.
+    new: the run is to be created: its folder is made, and one that holds anything already is refused; the
+    folders made here that end up empty (the training stopped before writing) are removed at the end.
     """
     path = Path(path)
     if not this_process_writes():
         yield
         return
-    created = new and not path.exists()
+    created = [folder for folder in (path, *path.parents) if not folder.exists()] if new else []
     lock = WriterLock(path / LOCK_FILE, f"run {path}")
     try:
         try:
@@ -393,9 +393,9 @@ def writing(path: Path, new: bool) -> Iterator[None]:
         yield
     finally:
         lock.release()
-        if created:
+        for folder in created:  # the run's first, then the checkpoint folder if this made it
             with contextlib.suppress(OSError):
-                path.rmdir()  # only if empty
+                folder.rmdir()  # only if empty
 
 
 def named_run_folder(name: str, checkpoint_dir: Path) -> Path:
