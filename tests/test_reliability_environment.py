@@ -23,6 +23,8 @@ from chargen.training import Callback, Trainer, TrainingDiverged, build_model
 
 from helpers import TINY, assert_user_error, run_cli
 
+LEAN = ["--no-histograms", "--preview-length", "0"]  # nothing these tests look at: spare the time
+
 
 def disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -77,7 +79,7 @@ def test_a_disk_full_while_recording_metrics_says_so_and_keeps_the_records(run_c
 
 def test_training_on_a_full_disk_stops_with_one_line(run_copy, monkeypatch):
     monkeypatch.setattr(np, "savez", disk_full)
-    result = run_cli("train", run_copy["corpus"], *TINY, "--steps", "6", "--resume", "--run-name", "tiny",
+    result = run_cli("train", run_copy["corpus"], *TINY, *LEAN, "--steps", "6", "--resume", "--run-name", "tiny",
                      "--checkpoint-dir", run_copy["checkpoint_dir"])
     assert_user_error(result, "could not save step 6", "No space left on device", "snapshot of step 4", "--resume",
                       after_start=True)
@@ -100,7 +102,7 @@ def test_a_diverging_stateful_training_stops_there_and_keeps_its_last_good_snaps
 
     monkeypatch.setattr(sessions.SaveCheckpoints, "_save", save_then_diverge)
     checkpoint_dir = tmp_path / "ck"
-    result = run_cli("train", trained["corpus"], *TINY, "--stateful", "--steps", "6", "--run-name", "nan",
+    result = run_cli("train", trained["corpus"], *TINY, *LEAN, "--stateful", "--steps", "6", "--run-name", "nan",
                      "--checkpoint-dir", checkpoint_dir)
     line = assert_user_error(result, "training diverged at step 3", "the loss is nan", "lower --learning-rate",
                              "--clip-norm", f"run {checkpoint_dir / 'nan'} keeps its snapshot of step 2",

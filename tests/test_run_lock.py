@@ -66,7 +66,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
-READER_ROUNDS = 4
+READER_ROUNDS = 3
 INFOS_PER_ROUND = 10
 
 
@@ -122,7 +122,7 @@ def test_readers_never_fail_while_a_writer_saves_continually(run_copy):
     finally:
         kill(writer)
     assert len(outputs) == 1  # every snapshot holds the same model: one text, never a damaged read
-    assert steps == sorted(steps) and steps[-1] - first_step > 20, steps  # the writer really saved many times
+    assert steps == sorted(steps) and steps[-1] - first_step > 10, steps  # the writer really saved, many times
     assert run_cli("sample", run, "--length", "5").exit_code == 0  # killed mid-save, the run still reads
 
 
