@@ -5,6 +5,7 @@
       vocab.json         the characters, in id order
       metrics.jsonl      one JSON line per evaluation
       pointers.json      which snapshot is the last and which the best
+      writer.lock        while a process trains the run: its lock, naming it (see `run_lock.py`)
       snapshots/step-0001200-1a2b3c/
         model.keras      the Keras model (loaded with safe mode on)
         optimizer.npz    the optimiser's variables, in order (float16 runs: the loss scale's, then Adam's)
@@ -19,18 +20,26 @@ complete snapshot. Files and their folder are flushed to disk (fsync) before the
 publishes them, and the rename itself after, so a power cut also leaves the old or the new
 (`atomic.py`). Only this module knows the folder's layout; `run_info.py` presents a run.
 
+One writer per run: a training holds the run's lock (`writing`), so a second one is refused at once;
+readers take no lock. A save publishes a new snapshot before it prunes the one a reader may be
+opening, and a read whose snapshot was pruned under it reads the newer one the pointers name.
+A run's name is one plain folder name inside the checkpoint folder (`check_run_name`).
+
 Under several workers (TF_CONFIG, see `distribution.py`) only the chief writes: on the other workers a
 `Run` reads (to resume) but its writes do nothing, so the folder has one writer whatever the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import uuid
 import zipfile
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -38,10 +47,45 @@ from chargen.atomic import TEMPORARY_PREFIX, atomic_folder, atomic_write_text
 from chargen.config import TrainingConfig
 from chargen.distribution import this_process_writes
 from chargen.errors import ChargenError
+from chargen.run_lock import WriterLock
 from chargen.vocab import Vocabulary
 
 FORMAT_VERSION = 1
 SNAPSHOTS = "snapshots"
+LOCK_FILE = "writer.lock"
+# A reader whose snapshot a writer pruned under it tries the newer one; each retry needs a save to have
+# completed during the previous read, so a handful covers a writer saving at any rate a model allows.
+SNAPSHOT_READ_ATTEMPTS = 5
+RUN_NAME_RULE = ("a run name is one folder name inside --checkpoint-dir: not empty, not only dots, "
+                 "without / or \\ and without control characters")
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be one plain folder name inside another (None when it can)."""
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if set(name) == {"."}:
+        return "it is only dots"
+    if "/" in name or "\\" in name or PurePath(name).drive:  # a drive ("C:x") would leave the folder on Windows
+        return "it holds a path separator"
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        return "it holds a control character"
+    return None
+
+
+def check_run_name(name: str, flag: str = "--run-name") -> None:
+    """Refuse a run name that would put the run anywhere but directly inside the checkpoint folder."""
+    problem = name_problem(name)
+    if problem:
+        raise ChargenError(f"{flag} cannot name a run's folder: {problem}; {RUN_NAME_RULE}. Received: {flag} {name!r}")
+
+
+def _disk_trouble(error: OSError) -> tuple[str, str]:
+    """What went wrong with a write, and what to do about it, from its OSError."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return reason, "free some space"
+    return reason, "fix the cause"
 
 
 def _read_json(path: Path, what: str, run: Path) -> dict:
@@ -76,18 +120,20 @@ class Run:
         path = Path(path)
         if not this_process_writes():
             return cls(path)  # the chief creates it
-        if path.exists() and any(path.iterdir()):
-            raise ChargenError(f"run folder {path} already exists; pass --resume to continue it "
-                               "or choose another --run-name")
+        _refuse_existing(path)
         try:
             (path / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path / "vocab.json", vocab.to_json())
+            atomic_write_text(path / "config.json",
+                              json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
         except OSError as error:
-            raise ChargenError(f"cannot create the run folder {path} ({error.strerror}); "
-                               "choose another --checkpoint-dir") from None
-        run = cls(path)
-        atomic_write_text(path / "vocab.json", vocab.to_json())
-        atomic_write_text(path / "config.json", json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
-        return run
+            for made in (path / SNAPSHOTS, path / "vocab.json"):  # the folder held nothing before: undo
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(made) if made.is_dir() else made.unlink()
+            reason, remedy = _disk_trouble(error)
+            raise ChargenError(f"cannot create the run folder {path} ({reason}); "
+                               f"{remedy} or choose another --checkpoint-dir") from None
+        return cls(path)
 
     @classmethod
     def open(cls, path: Path) -> Run:
@@ -142,27 +188,49 @@ class Run:
             return None
         snapshots = self.path / SNAPSHOTS
         name = f"step-{progress['step']:07d}-{uuid.uuid4().hex[:6]}"
-        with atomic_folder(snapshots / name) as temporary:
-            model.save(temporary / "model.keras")
-            np.savez(temporary / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
-            if states is not None:
-                # float32 whatever the run's precision: exact for bfloat16 and float16 states, and readable by numpy
-                flat = {f"layer{i}_state{j}": np.asarray(s, np.float32) for i, layer in enumerate(states)
-                        for j, s in enumerate(layer)}
-                np.savez(temporary / "states.npz", **flat)
-            (temporary / "progress.json").write_text(json.dumps(progress, indent=2), encoding="utf-8")
         pointers = self._pointers()
-        pointers["last"] = name
-        if best or "best" not in pointers:
-            pointers["best"] = name
-        atomic_write_text(self.path / "pointers.json", json.dumps(pointers, indent=2))
-        self._prune(keep=set(pointers.values()))
+        try:
+            with atomic_folder(snapshots / name) as temporary:
+                model.save(temporary / "model.keras")
+                np.savez(temporary / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
+                if states is not None:
+                    # float32 whatever the run's precision: exact for bfloat16 and float16 states, readable by numpy
+                    flat = {f"layer{i}_state{j}": np.asarray(s, np.float32) for i, layer in enumerate(states)
+                            for j, s in enumerate(layer)}
+                    np.savez(temporary / "states.npz", **flat)
+                (temporary / "progress.json").write_text(json.dumps(progress, indent=2), encoding="utf-8")
+            published = {**pointers, "last": name, **({"best": name} if best or "best" not in pointers else {})}
+            atomic_write_text(self.path / "pointers.json", json.dumps(published, indent=2))
+        except OSError as error:
+            shutil.rmtree(snapshots / name, ignore_errors=True)  # complete but unpublished: give its space back
+            raise self._unsaved(f"could not save step {progress['step']}", error, pointers) from None
+        self._prune(keep=set(published.values()))
         return snapshots / name
+
+    def _unsaved(self, what: str, error: OSError, pointers: dict) -> ChargenError:
+        """The one line for a write that failed: what happened, what the run still holds, what to do."""
+        reason, remedy = _disk_trouble(error)
+        if "last" not in pointers:
+            return ChargenError(f"{what} of run {self.path} ({reason}); it has no snapshot yet: {remedy}, "
+                                "then train again")
+        step = self.last_saved_step()
+        kept = "its last snapshot" if step is None else f"its snapshot of step {step}"
+        return ChargenError(f"{what} of run {self.path} ({reason}); the run keeps {kept}, intact: {remedy}, "
+                            "then continue it with --resume")
+
+    def last_saved_step(self) -> int | None:
+        """The step of the last complete snapshot; None when there is none (or it cannot be read)."""
+        try:
+            return self.load_progress("last")["step"]
+        except (ChargenError, KeyError):
+            return None
 
     def _pointers(self) -> dict:
         try:
             pointers = json.loads((self.path / "pointers.json").read_text(encoding="utf-8"))
-            if all((self.path / SNAPSHOTS / pointers[key]).is_dir() for key in ("last", "best")):
+            # a pointer is a folder name inside snapshots/, never a path that leads out of the run
+            if all(name_problem(pointers[key]) is None and (self.path / SNAPSHOTS / pointers[key]).is_dir()
+                   for key in ("last", "best")):
                 return pointers
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -195,13 +263,30 @@ class Run:
                                "train it (or let training reach its first save)")
         return self.path / SNAPSHOTS / pointers[which]
 
+    def _read_snapshot(self, which: str, read: Callable[[Path], object]):
+        """`read(folder)` of the `which` snapshot; if a writer pruned that snapshot during the read (the pointers
+        have moved on), `read` of the one they name now."""
+        folder = self.snapshot_path(which)
+        for _ in range(SNAPSHOT_READ_ATTEMPTS - 1):
+            try:
+                return read(folder)
+            except (ChargenError, OSError, ValueError):
+                newer = self.snapshot_path(which)
+                if newer == folder:
+                    raise  # the snapshot is still the one to read: it is damaged, not replaced
+                folder = newer
+        return read(folder)
+
     def load_model(self, which: str = "last"):
         """The saved Keras model, loaded with safe mode on."""
+        return self._read_snapshot(which, self._load_model_from)
+
+    def _load_model_from(self, snapshot: Path):
         import keras
 
         import chargen.model  # noqa: F401  (registers the classes the file names)
 
-        path = self.snapshot_path(which) / "model.keras"
+        path = snapshot / "model.keras"
         if not path.is_file():
             raise ChargenError(f"the model file {path} is missing; delete that snapshot or the run")
         if not zipfile.is_zipfile(path):  # Keras would call a damaged file "not found"
@@ -216,11 +301,15 @@ class Run:
                                "the file is damaged: delete that snapshot or the run") from None
 
     def load_progress(self, which: str = "last") -> dict:
-        return _read_json(self.snapshot_path(which) / "progress.json", "progress record", self.path)
+        return self._read_snapshot(
+            which, lambda snapshot: _read_json(snapshot / "progress.json", "progress record", self.path))
 
     def restore_optimizer(self, optimizer, which: str = "last") -> None:
         """Copy the saved optimiser variables into `optimizer`, which must already be built."""
-        path = self.snapshot_path(which) / "optimizer.npz"
+        self._read_snapshot(which, lambda snapshot: self._restore_optimizer_from(snapshot, optimizer))
+
+    def _restore_optimizer_from(self, snapshot: Path, optimizer) -> None:
+        path = snapshot / "optimizer.npz"
         try:
             with np.load(path) as saved:
                 values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -235,14 +324,7 @@ class Run:
 
     def load_states(self, num_layers: int, which: str = "last"):
         """The carried recurrent states of a stateful run, or None if it has none."""
-        path = self.snapshot_path(which) / "states.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as saved:
-            return [
-                [saved[key] for key in sorted(k for k in saved.files if k.startswith(f"layer{i}_"))]
-                for i in range(num_layers)
-            ]
+        return self._read_snapshot(which, lambda snapshot: _read_states(snapshot / "states.npz", num_layers))
 
     # Metrics -----------------------------------------------------------------------------------
 
@@ -254,15 +336,19 @@ class Run:
         if not self.writes:
             return
         path = self.path / "metrics.jsonl"
-        torn = False
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, "rb") as file:
-                file.seek(-1, os.SEEK_END)
-                torn = file.read(1) != b"\n"
-        with open(path, "a", encoding="utf-8") as file:
-            file.write(("\n" if torn else "") + json.dumps(record) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            torn = False
+            if path.exists() and path.stat().st_size > 0:
+                with open(path, "rb") as file:
+                    file.seek(-1, os.SEEK_END)
+                    torn = file.read(1) != b"\n"
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(("\n" if torn else "") + json.dumps(record) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise self._unsaved(f"could not record the metrics of step {record.get('step')}", error,
+                                self._pointers()) from None
 
     def metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
@@ -324,6 +410,65 @@ def _version() -> str:
     import chargen
 
     return chargen.__version__
+
+
+def _read_states(path: Path, num_layers: int):
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        return [
+            [saved[key] for key in sorted(k for k in saved.files if k.startswith(f"layer{i}_"))]
+            for i in range(num_layers)
+        ]
+
+
+def _refuse_existing(path: Path) -> None:
+    """A new run may not take a folder that holds anything (its own lock aside)."""
+    if path.exists() and any(entry.name != LOCK_FILE for entry in path.iterdir()):
+        raise ChargenError(f"run folder {path} already exists; pass --resume to continue it "
+                           "or choose another --run-name")
+
+
+@contextlib.contextmanager
+def writing(path: Path, new: bool) -> Iterator[None]:
+    """Hold the run folder `path` for this process's writes: another process writing it is refused at once,
+    naming it. Does nothing on a worker that is not the chief (it writes nothing).
+
+    new: the run is to be created: its folder is made, and one that holds anything already is refused; the
+    folders made here that end up empty (the training stopped before writing) are removed at the end.
+    """
+    path = Path(path)
+    if not this_process_writes():
+        yield
+        return
+    created = [folder for folder in (path, *path.parents) if not folder.exists()] if new else []
+    lock = WriterLock(path / LOCK_FILE, f"run {path}")
+    try:
+        try:
+            if new:
+                path.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as error:
+            reason, remedy = _disk_trouble(error)
+            raise ChargenError(f"cannot write in the run folder {path} ({reason}); {remedy} "
+                               "or choose another --checkpoint-dir") from None
+        if new:
+            _refuse_existing(path)
+        yield
+    finally:
+        lock.release()
+        for folder in created:  # the run's first, then the checkpoint folder if this made it
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+
+def named_run_folder(name: str, checkpoint_dir: Path) -> Path:
+    """The folder of the existing run `name` inside `checkpoint_dir` (a plain name, see `check_run_name`)."""
+    check_run_name(name)
+    path = Path(checkpoint_dir) / name
+    if not path.is_dir():
+        raise ChargenError(f"no run named {name!r} in {checkpoint_dir}; `ls {checkpoint_dir}` lists the runs")
+    return path
 
 
 def resolve_run(run: str | None, checkpoint_dir: Path) -> Run:

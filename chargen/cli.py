@@ -196,40 +196,45 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
           encoding_errors, device, devices, xla, preview_length, histograms, quiet, **options):
     """Train a model on CORPUS (files, folders, or builtin:python-docs)."""
     _check_init_options(ctx, resume, init_from)
+    from chargen import checkpoints
     from chargen.distribution import check_placement_options
 
     check_placement_options(devices)  # a malformed --devices or TF_CONFIG fails before TensorFlow loads
+    if run_name is not None:
+        checkpoints.check_run_name(run_name)
+    # The run is held before the slow work (corpus, TensorFlow), so a second writer is refused at once.
+    if resume:
+        run_path = checkpoints.named_run_folder(run_name, Path(checkpoint_dir)) if run_name is not None \
+            else checkpoints.resolve_run(None, Path(checkpoint_dir)).path
+    elif init_from:
+        parent = checkpoints.resolve_run(init_from, Path(checkpoint_dir))
+        run_path = Path(checkpoint_dir) / (run_name or _default_run_name(parent.config["training"].get("cell", "run"),
+                                                                         corpus_paths))
+    else:
+        settings = config.TrainingConfig(**options)
+        run_path = Path(checkpoint_dir) / (run_name or _default_run_name(settings.cell, corpus_paths))
+    ctx.with_resource(checkpoints.writing(run_path, new=not resume))
+    run = checkpoints.Run.open(run_path) if resume else None  # once held: a run still being created is refused above
     text_corpus, cache_line = _encoded_corpus(corpus_paths, encoding, encoding_errors)
     if not resume and not init_from:  # a bad option or a model beyond memory fails before TensorFlow loads
         budget.check_training(config.TrainingConfig(**options), len(text_corpus.vocab))
     budget.check_generation(preview_length, 1)
     _load_tensorflow(ctx.meta["chargen.debug"])
-    from chargen import checkpoints, distribution, sessions
+    from chargen import distribution, sessions
     from chargen.reporting import Preview, ProgressBar
+    from chargen.training import TrainingDiverged
 
     callbacks = [] if quiet else [ProgressBar(), *([Preview(preview_length)] if preview_length > 0 else [])]
     placement = distribution.choose_placement(device, devices)
     with placement.strategy.scope():
+        given = {name: value for name, value in options.items() if _given(ctx, name)}
+        logs = _tensorboard(run_path, placement, histograms, preview_length)
         if resume:
-            run = checkpoints.resolve_run(run_name, Path(checkpoint_dir))
-            given = {name: value for name, value in options.items() if _given(ctx, name)}
-            logs = _tensorboard(run.path, placement, histograms, preview_length)
             trainer = sessions.resume_session(text_corpus, run, given, [*callbacks, *logs], xla=xla)
-            run_path = run.path
         elif init_from:
-            parent = checkpoints.resolve_run(init_from, Path(checkpoint_dir))
-            given = {name: value for name, value in options.items() if _given(ctx, name)}
-            cell = parent.config["training"].get("cell", "run")
-            name = run_name or f"{cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
-            run_path = Path(checkpoint_dir) / name
-            logs = _tensorboard(run_path, placement, histograms, preview_length)
             trainer, parent_record = sessions.finetune_session(text_corpus, parent, init_checkpoint, options, given,
                                                                new_chars, run_path, [*callbacks, *logs], xla=xla)
         else:
-            settings = config.TrainingConfig(**options)
-            name = run_name or f"{settings.cell}-{_corpus_name(corpus_paths)}-{datetime.now():%Y%m%d-%H%M%S}"
-            run_path = Path(checkpoint_dir) / name
-            logs = _tensorboard(run_path, placement, histograms, preview_length)
             trainer = sessions.new_session(text_corpus, settings, run_path, [*callbacks, *logs], xla=xla)
         settings = trainer.config
         click.echo(
@@ -254,9 +259,11 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
             try:
                 with distribution.stop_on_peer_failure(lambda: trainer.progress.step):
                     stopped = _fit_until_interrupted(trainer)
-            except BaseException:
+            except BaseException as error:
                 if not resume:
                     checkpoints.discard_unsaved_run(run_path)
+                if isinstance(error, TrainingDiverged):
+                    raise ChargenError(f"{error}; {_after_divergence(run_path)}") from None
                 raise
     progress = trainer.progress
     summary = f"step {progress.step}"
@@ -275,6 +282,17 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
         click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
         ctx.exit(INTERRUPTED)
+
+
+def _after_divergence(run_path: Path) -> str:
+    """Where a run that diverged stands, and how to go on from there."""
+    from chargen.checkpoints import Run
+
+    step = Run(run_path).last_saved_step() if (run_path / "config.json").is_file() else None
+    if step is None:
+        return "nothing was saved, so start a new run with the change"
+    return (f"run {run_path} keeps its snapshot of step {step} as it was: train from it with --init-from "
+            f"{run_path} --init-checkpoint last and the change, or start a new run")
 
 
 def _tensorboard(run_path: Path, placement, histograms: bool, preview_length: int) -> list:
@@ -317,9 +335,11 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
-def _corpus_name(corpus_paths) -> str:
-    first = corpus_paths[0].removeprefix("builtin:")
-    return Path(first.rstrip("/")).stem or "corpus"
+def _default_run_name(cell: str, corpus_paths) -> str:
+    """"lstm-notes-20261122-001215": the cell, the first corpus's name and the time."""
+    first = Path(corpus_paths[0].removeprefix("builtin:").rstrip("/")).stem
+    corpus_name = "".join(c if c.isprintable() else "_" for c in first) or "corpus"
+    return f"{cell}-{corpus_name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _fit_until_interrupted(trainer) -> str:

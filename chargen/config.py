@@ -145,7 +145,8 @@ TRAINING_OPTIONS = (
                 "Characters of the validation text each evaluation during training scores, from its start "
                 "(0: all); `chargen eval` scores all of it."),
     _run_option("seed", 0, int, "Seed for weights, window order and dropout."),
-    _session("run_name", None, str, "Name of the run folder (default: cell, corpus and time)."),
+    _session("run_name", None, str, "Name of the run folder inside --checkpoint-dir, one plain name without / or \\ "
+             "(default: cell, corpus and time)."),
     _session("checkpoint_dir", "checkpoints", Path, "Folder that holds the runs.", envvar="CHARGEN_CHECKPOINT_DIR"),
     _session("resume", False, bool, "Continue --run-name (or the newest run) where it stopped.", negatable=False),
     _session("init_from", None, str,

@@ -85,7 +85,7 @@ def check_strategy(
     shapes, integer ids inside the vocabulary, logits left unmodified, no write into the read-only
     ids it is handed, the same ids for the same seed (also when one instance is reused, so per-run
     state must reset at step 0), and, for a stochastic token strategy, the most likely character at
-    a temperature near 0.
+    a temperature near 0 (unless it declares `greedy_when_cold = False`: it bans or constrains characters).
 
     Args:
         cls: the strategy class.
@@ -122,7 +122,7 @@ def check_strategy(
             )
         if not np.array_equal(first, fresh):
             raise AssertionError(f"{label} gave different ids for the same seed from a fresh instance (batch {batch})")
-        if isinstance(strategy, TokenSampler) and strategy.stochastic:
+        if isinstance(strategy, TokenSampler) and strategy.stochastic and strategy.greedy_when_cold:
             _check_cold_picks_argmax(guarded, model, prime_ids, length, seed, label)
 
 

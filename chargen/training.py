@@ -49,6 +49,20 @@ class Callback:
         """Once, with the reason training stopped in logs["stopped_by"]."""
 
 
+class TrainingDiverged(ChargenError):
+    """A step gave a non-finite loss or gradient; training stopped there, before saving that step."""
+
+
+def _remedies(config: TrainingConfig) -> str:
+    """What to change in a run that diverged, given its settings."""
+    remedies = [f"a lower --learning-rate than {config.learning_rate:g}"]
+    remedies.append("--clip-norm 1 (clipping is off)" if config.clip_norm == 0
+                    else f"a smaller --clip-norm than {config.clip_norm:g}")
+    if config.precision != "float32":
+        remedies.append(f"--precision float32 (not {config.precision})")
+    return ", ".join(remedies[:-1]) + " or " + remedies[-1]
+
+
 @dataclass
 class Progress:
     """Where a run is: everything besides weights and optimiser that resuming needs."""
@@ -333,12 +347,8 @@ class Trainer:
             states = self.carried_states if config.stateful else None
             loss, gradient_norm, final_states = self._train_step(
                 self._distribute_rows(inputs), self._distribute_rows(targets), states)
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise ChargenError(
-                    f"training diverged at step {progress.step + 1} (loss {loss}); "
-                    "lower --learning-rate or --clip-norm"
-                )
+            loss, gradient_norm = float(loss), float(gradient_norm)
+            self._check_finite(progress.step + 1, loss, gradient_norm)
             if config.stateful:
                 self.carried_states = final_states
             progress.step += 1
@@ -352,7 +362,7 @@ class Trainer:
                 "bpc": loss / LN2,
                 "learning_rate": learning_rate,
                 "chars_per_second": targets.shape[0] * targets.shape[1] / max(seconds, 1e-9),
-                "gradient_norm": float(gradient_norm),
+                "gradient_norm": gradient_norm,
             }
             for callback in self.callbacks:
                 callback.on_step_end(self, logs)
@@ -366,11 +376,25 @@ class Trainer:
             callback.on_train_end(self, logs)
         return progress
 
+    def _check_finite(self, step: int, loss: float, gradient_norm: float) -> None:
+        """Stop before a step's non-finite numbers reach a snapshot: the weights this step updated are lost
+        with it, and the run keeps the snapshot saved before. float16's loss scaling skips a step whose
+        gradients overflowed (and lowers its scale), so there only the loss counts."""
+        if not math.isfinite(loss):
+            raise self._diverged(step, f"the loss is {loss}")
+        if not math.isfinite(gradient_norm) and self.config.precision != "float16":
+            raise self._diverged(step, f"the gradients' norm is {gradient_norm}")
+
+    def _diverged(self, step: int, what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged at step {step}: {what}; try {_remedies(self.config)}")
+
     def run_evaluation(self, logs: dict) -> None:
         """Evaluate on the scored validation text (if any), update the progress and tell the callbacks."""
         progress = self.progress
         if len(self.scored_val_ids) >= 2:
             val_loss = self._evaluator(self.scored_val_ids)
+            if not math.isfinite(val_loss):  # weights so large that only the training loss stayed finite
+                raise self._diverged(progress.step, f"the validation loss is {val_loss}")
             val_bpc = val_loss / LN2
             best = progress.best_val_bpc is None or val_bpc < progress.best_val_bpc
             progress.last_val_bpc = val_bpc

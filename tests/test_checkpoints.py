@@ -160,7 +160,7 @@ def test_a_failed_save_leaves_the_previous_snapshot(saved, monkeypatch, failure,
     snapshots_before = snapshot_names(run)
     perturb(model)
     failure(monkeypatch, model, error)
-    with pytest.raises(type(error)):
+    with pytest.raises(ChargenError if isinstance(error, OSError) else type(error)):  # a full disk: one line
         run.save_snapshot(model, optimizer, progress(4, 2.0), best=True)
     monkeypatch.undo()
 
@@ -182,7 +182,7 @@ def test_a_failed_pointer_update_keeps_the_old_pointers(saved, monkeypatch):
 
     monkeypatch.setattr(checkpoints.os, "fsync", no_sync)
     perturb(model)
-    with pytest.raises(OSError):
+    with pytest.raises(ChargenError, match="Input/output error"):
         run.save_snapshot(model, optimizer, progress(4, 2.0))
     monkeypatch.undo()
     assert (run.path / "pointers.json").read_bytes() == pointers_before

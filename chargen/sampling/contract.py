@@ -164,9 +164,14 @@ class TokenSampler(Strategy):
     Subclasses override `sample`. For a stochastic strategy the host has already divided the logits
     by the temperature. Draw randomness only from `context.rng`, so `--seed` makes a run repeatable.
     A strategy that keeps state across steps resets it when `context.step == 0` (a new run).
+
+    As the temperature nears 0 a stochastic strategy picks the most likely character, and
+    `chargen.testing.check_strategy` holds it to that, unless it sets `greedy_when_cold = False`: a
+    strategy that may refuse the most likely character (a repetition ban, a whitelist) declares so.
     """
 
     kind = "token"
+    greedy_when_cold: ClassVar[bool] = True  # False: may refuse the most likely character even at temperature ~0
 
     def sample(self, logits: np.ndarray, context: SamplingContext) -> np.ndarray:
         """Return the next ids.
@@ -232,6 +237,9 @@ def class_problems(cls: Any) -> list[str]:
         problems.append(f"`description` must be one non-empty line. Received: description={cls.description!r}")
     if not isinstance(cls.stochastic, bool):
         problems.append(f"`stochastic` must be True or False. Received: stochastic={cls.stochastic!r}")
+    if issubclass(cls, TokenSampler) and not isinstance(cls.greedy_when_cold, bool):
+        problems.append("`greedy_when_cold` must be True or False. "
+                        f"Received: greedy_when_cold={cls.greedy_when_cold!r}")
     if not isinstance(cls.options, tuple) or not all(isinstance(option, Option) for option in cls.options):
         problems.append(f"`options` must be a tuple of chargen.sampling.Option. Received: options={cls.options!r}")
         return problems
