@@ -19,6 +19,21 @@ from typing import IO
 TEMPORARY_PREFIX = ".tmp-"
 
 
+def _mode_for_new_files() -> int:
+    """What `open` would give a new file: 0666 less the process's umask (read without changing it, via /proc
+    where it can be; otherwise set and restored at once, before any thread of ours writes files)."""
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _mode_for_new_files()
+
+
 def sync_file(path: Path) -> None:
     with open(path, "rb") as file:
         os.fsync(file.fileno())
@@ -64,6 +79,7 @@ def atomic_file(path: Path, binary: bool = False) -> Iterator[IO]:
     handle, name = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=path.parent)
     temporary = Path(name)
     try:
+        os.chmod(name, _NEW_FILE_MODE)  # mkstemp's 0600 would make a run unreadable to the user's group
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as file:
             yield file
         publish(temporary, path)

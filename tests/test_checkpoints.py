@@ -191,6 +191,15 @@ def test_a_failed_pointer_update_keeps_the_old_pointers(saved, monkeypatch):
     np.testing.assert_array_equal(weights(run.load_model("last"))[0], saved_weights[0])
 
 
+def test_an_atomic_write_gets_the_mode_a_plain_write_gets(tmp_path):
+    """Not the temporary file's private 0600: a run's files are as readable as any file the user makes."""
+    from chargen.atomic import atomic_write_text
+
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
 def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
     target = tmp_path / "file.json"
     atomic_write_text(target, "old")
