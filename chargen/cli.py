@@ -492,6 +492,17 @@ def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors
                    f"over {result['characters']:,} characters ({the_run.name}, {which} model{in_precision})")
 
 
+def _write_page(html_path: str, page: str) -> None:
+    """Write the --html page of `score` or `inspect` whole, or say in one line why it cannot be."""
+    from chargen.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(Path(html_path), page)
+    except OSError as error:
+        raise ChargenError(f"cannot write --html {html_path} ({error.strerror}); choose a writable path") from None
+    click.echo(f"wrote {html_path}", err=True)
+
+
 @cli.command()
 @click.argument("run")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -508,17 +519,11 @@ def score(run, file, html_path, as_json, which, checkpoint_dir, encoding, encodi
     text = _corpus([file], encoding, encoding_errors).text
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints, scoring
-    from chargen.atomic import atomic_write_text
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
     scored = scoring.score_text(the_run.load_model(which), the_run.vocabulary(), text)
     if html_path is not None:
-        page = scoring.to_html(scored, f"{Path(file).name} under {the_run.name} ({which} model)")
-        try:
-            atomic_write_text(Path(html_path), page)
-        except OSError as error:
-            raise ChargenError(f"cannot write --html {html_path} ({error.strerror}); choose a writable path") from None
-        click.echo(f"wrote {html_path}", err=True)
+        _write_page(html_path, scoring.to_html(scored, f"{Path(file).name} under {the_run.name} ({which} model)"))
     if as_json:
         click.echo(json.dumps({"run": str(the_run.path), "checkpoint": which, **scored.to_dict()}))
         return
@@ -579,7 +584,6 @@ def inspect_run(run, text, text_file, unit_text, signal, top, html_path, as_json
         text = _corpus([text_file], encoding, encoding_errors).text
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import checkpoints, inspection
-    from chargen.atomic import atomic_write_text
 
     the_run = checkpoints.resolve_run(run, Path(checkpoint_dir))
     model = the_run.load_model(which)
@@ -596,12 +600,8 @@ def inspect_run(run, text, text_file, unit_text, signal, top, html_path, as_json
     found = inspection.correlations(looked, top)
     if html_path is not None:
         about = Path(text_file).name if text_file is not None else "TEXT"
-        page = inspection.to_html(looked, layer, index, signal, found, f"{about} under {the_run.name} ({which} model)")
-        try:
-            atomic_write_text(Path(html_path), page)
-        except OSError as error:
-            raise ChargenError(f"cannot write --html {html_path} ({error.strerror}); choose a writable path") from None
-        click.echo(f"wrote {html_path}", err=True)
+        _write_page(html_path, inspection.to_html(looked, layer, index, signal, found,
+                                                  f"{about} under {the_run.name} ({which} model)"))
     if as_json:
         click.echo(json.dumps({"run": str(the_run.path), "checkpoint": which, "unit": [layer, index],
                                **inspection.to_dict(looked, found)}))

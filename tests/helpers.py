@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -48,3 +50,39 @@ def assert_user_error(result, *fragments: str, after_start: bool = False) -> str
     for fragment in fragments:
         assert fragment.lower() in line.lower(), f"{fragment!r} not in {line!r}"
     return line
+
+
+class ColouredPage(HTMLParser):
+    """A page of coloured text (`chargen score`, `chargen inspect`) as a browser sees it: the legend's
+    swatches, the text's characters with their colours and titles, and any table's rows."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.swatches, self.characters, self.rows, self._open, self._row = {}, [], [], None, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr":
+            self._row = []
+            self.rows.append(self._row)
+        elif tag == "td":
+            self._row.append("")
+        elif tag == "span":
+            hex_rgb = re.search(r"background:#([0-9a-f]{6})", attrs["style"]).group(1)
+            rgb = tuple(int(hex_rgb[i:i + 2], 16) for i in (0, 2, 4))
+            if attrs.get("class") == "swatch":
+                self.swatches[float(attrs["data-value"])] = rgb
+            else:
+                self._open = {"rgb": rgb, "title": attrs["title"], "char": ""}
+                self.characters.append(self._open)
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open["char"] += data
+        elif self._row:
+            self._row[-1] += data
+
+    def handle_endtag(self, tag):
+        if tag == "span":
+            self._open = None

@@ -4,8 +4,6 @@ against hand-written expectations, the page, and the command with its mistakes."
 from __future__ import annotations
 
 import json
-import re
-from html.parser import HTMLParser
 
 import keras
 import numpy as np
@@ -19,7 +17,7 @@ from chargen.model import CharModel
 from chargen.vocab import Vocabulary
 
 from cell_cases import ACTIVATION_CASES, CASES, random_states, randomize
-from helpers import assert_user_error, run_cli
+from helpers import ColouredPage, assert_user_error, run_cli
 
 
 def sigmoid(a):
@@ -153,48 +151,13 @@ def test_the_unit_that_follows_the_quotes_comes_first():
 
 # The page ----------------------------------------------------------------------------------------
 
-class Page(HTMLParser):
-    """The legend's swatches, the text's characters and the correlation table's rows."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.swatches, self.characters, self.rows, self._open, self._row = {}, [], [], None, None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "tr":
-            self._row = []
-            self.rows.append(self._row)
-        elif tag == "td":
-            self._row.append("")
-        elif tag == "span":
-            hex_rgb = re.search(r"background:#([0-9a-f]{6})", attrs["style"]).group(1)
-            rgb = tuple(int(hex_rgb[i:i + 2], 16) for i in (0, 2, 4))
-            if attrs.get("class") == "swatch":
-                self.swatches[float(attrs["data-value"])] = rgb
-            else:
-                self._open = {"rgb": rgb, "title": attrs["title"], "char": ""}
-                self.characters.append(self._open)
-
-    def handle_data(self, data):
-        if self._open is not None:
-            self._open["char"] += data
-        elif self._row:
-            self._row[-1] += data
-
-    def handle_endtag(self, tag):
-        if tag == "span":
-            self._open = None
-
-
 @pytest.mark.parametrize("layer, unit, signal", [(1, 2, "c"), (0, 1, "f"), (1, 0, "g")])
 def test_the_page_colours_the_text_by_the_chosen_signal_on_its_legend(layer, unit, signal):
     text = 'x <b>&"q"\n(y) z\n' * 2
     looked = synthetic(text)
     found = inspection.correlations(looked, count=2)
     page_text = inspection.to_html(looked, layer, unit, signal, found, "a <title> & more")
-    page = Page(page_text)
+    page = ColouredPage(page_text)
     assert "".join(c["char"] for c in page.characters) == text and len(page.characters) == len(text)
     values = looked.layers[layer][signal][:, unit].astype(np.float64)
     low, high = min(page.swatches), max(page.swatches)
@@ -241,7 +204,7 @@ def test_the_command_reads_a_file_and_writes_the_numbers_and_the_page(trained, t
     correlated = {c["feature"] for c in numbers["correlations"]}  # no quote or bracket in the text: left out
     assert correlated == {"column", "after newline", "after space", "in word", "word position"}
     assert len(numbers["correlations"]) == 3 * len(correlated)  # --top 3 by default
-    shown = Page(page.read_text(encoding="utf-8")).characters
+    shown = ColouredPage(page.read_text(encoding="utf-8")).characters
     assert "".join(c["char"] for c in shown) == text
     assert f"f = {numbers['values'][0]['f'][5][3]:.3f}" in shown[5]["title"]
 

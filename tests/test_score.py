@@ -7,7 +7,6 @@ import math
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from chargen.model import CharModel
 from chargen.training import LN2, Evaluator
 from chargen.vocab import Vocabulary
 
-from helpers import assert_user_error, run_cli
+from helpers import ColouredPage, assert_user_error, run_cli
 
 
 def random_model(vocab_size: int, cell: str = "gru", seed: int = 0) -> CharModel:
@@ -88,42 +87,13 @@ def test_without_a_newline_the_first_character_is_context_and_unscored():
 
 # The page ------------------------------------------------------------------------------------------------
 
-class Page(HTMLParser):
-    """The legend's swatches and the text's characters, as the browser would see them."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.swatches, self.characters, self._open = {}, [], None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag != "span":
-            return
-        background = re.search(r"background:#([0-9a-f]{6})", attrs.get("style", "")).group(1)
-        rgb = tuple(int(background[i:i + 2], 16) for i in (0, 2, 4))
-        if attrs.get("class") == "swatch":
-            self.swatches[float(attrs["data-value"])] = rgb
-        else:
-            self._open = {"rgb": rgb, "title": attrs["title"], "char": ""}
-            self.characters.append(self._open)
-
-    def handle_data(self, data):
-        if self._open is not None:
-            self._open["char"] += data
-
-    def handle_endtag(self, tag):
-        if tag == "span":
-            self._open = None
-
-
 def legend_colour(swatches: dict, bits: float) -> np.ndarray:
     """The colour the legend implies: linear between its swatches, the last one beyond them."""
     points = sorted(swatches)
     return np.array([np.interp(bits, points, [swatches[p][channel] for p in points]) for channel in range(3)])
 
 
-def check_page(page: Page, text: str, bits: list) -> None:
+def check_page(page: ColouredPage, text: str, bits: list) -> None:
     assert "".join(c["char"] for c in page.characters) == text  # every character, newlines kept, unescaped
     assert len(page.characters) == len(text)
     assert len(page.swatches) >= 5
@@ -147,7 +117,7 @@ def test_the_page_colours_each_character_by_its_surprisal(trained, tmp_path):
     assert numbers["text"] == text and numbers["first_scored"] and numbers["characters"] == len(text)
     assert numbers["bits_per_char"] == pytest.approx(np.mean(numbers["surprisal_bits"]))
     page_text = page_path.read_text(encoding="utf-8")
-    check_page(Page(page_text), text, numbers["surprisal_bits"])
+    check_page(ColouredPage(page_text), text, numbers["surprisal_bits"])
     assert f"{numbers['bits_per_char']:.4f} bits per character" in page_text
 
 
@@ -158,7 +128,7 @@ def test_the_page_escapes_markup_and_covers_the_whole_scale():
     score = scoring.score_text(model, vocab, tricky)
     spread = scoring.TextScore(tricky, np.linspace(0, 14, len(tricky)), True)  # every stop and beyond the last
     for shown in (score, spread):
-        page = Page(scoring.to_html(shown, "a <title> & more"))
+        page = ColouredPage(scoring.to_html(shown, "a <title> & more"))
         check_page(page, tricky, shown.bits.tolist())
     assert "<title>a &lt;title&gt; &amp; more</title>" in scoring.to_html(score, "a <title> & more")
 
