@@ -23,6 +23,7 @@ from chargen.errors import ChargenError
 
 INTERRUPTED = 130  # the conventional exit status after Ctrl-C
 CLOSED_PIPE = 141  # what a shell reports for a program ended by SIGPIPE
+TERMINATED = 143  # ... and by SIGTERM: a run stopped so has saved, but did not finish
 
 
 class ChargenGroup(click.Group):
@@ -254,11 +255,11 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
         if resume and limit is not None and trainer.progress.step >= limit:
             click.echo(f"the run already reached step {trainer.progress.step}, its limit; pass a larger --steps "
                        "(or --epochs, --time-limit) to train it further", err=True)
-            stopped = "steps"
+            stopped, stop_signal = "steps", None
         else:
             try:
                 with distribution.stop_on_peer_failure(lambda: trainer.progress.step):
-                    stopped = _fit_until_interrupted(trainer)
+                    stopped, stop_signal = _fit_until_interrupted(trainer)
             except BaseException as error:
                 if not resume:
                     checkpoints.discard_unsaved_run(run_path)
@@ -280,8 +281,9 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
                  "--checkpoint-dir", str(checkpoint_dir)]
         again += ["--encoding", encoding] if encoding != "utf-8" else []
         again += ["--encoding-errors", encoding_errors] if encoding_errors != "strict" else []
-        click.echo(f"interrupted and saved; continue with: {shlex.join(again)}", err=True)
-        ctx.exit(INTERRUPTED)
+        how = "terminated (SIGTERM)" if stop_signal == signal.SIGTERM else "interrupted"
+        click.echo(f"{how} and saved; continue with: {shlex.join(again)}", err=True)
+        ctx.exit(TERMINATED if stop_signal == signal.SIGTERM else INTERRUPTED)
 
 
 def _after_divergence(run_path: Path) -> str:
@@ -342,19 +344,25 @@ def _default_run_name(cell: str, corpus_paths) -> str:
     return f"{cell}-{corpus_name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _fit_until_interrupted(trainer) -> str:
-    """Run the trainer; the first Ctrl-C asks it to stop and save, a second one stops at once."""
+def _fit_until_interrupted(trainer) -> tuple[str, int | None]:
+    """Run the trainer; the first Ctrl-C or SIGTERM (what `kill`, a batch scheduler or Kubernetes sends
+    before it kills) asks it to stop and save, a second one stops at once. Returns why training stopped
+    and the signal that stopped it, if one did (under a cluster, the workers that got no signal stop too)."""
+    received = []
+    at_once = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def request_stop(signum, frame):
         trainer.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        received.append(signum)
+        signal.signal(signum, at_once[signum])
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    previous = {signum: signal.signal(signum, request_stop) for signum in at_once}
     try:
         trainer.fit()
     finally:
-        signal.signal(signal.SIGINT, previous)
-    return trainer.stopped_by
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return trainer.stopped_by, (received[0] if received else None)
 
 
 @cli.command()

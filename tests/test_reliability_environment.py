@@ -10,6 +10,10 @@ import errno
 import json
 import math
 import os
+import re
+import signal
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +25,7 @@ from chargen.config import TrainingConfig
 from chargen.errors import ChargenError
 from chargen.training import Callback, Trainer, TrainingDiverged, build_model
 
-from helpers import TINY, assert_user_error, run_cli
+from helpers import TINY, assert_user_error, run_cli, write_corpus
 
 LEAN = ["--no-histograms", "--preview-length", "0"]  # nothing these tests look at: spare the time
 
@@ -153,3 +157,31 @@ def test_a_non_finite_validation_loss_stops_before_the_evaluation_is_saved_or_sh
     with pytest.raises(TrainingDiverged, match="step 5: the validation loss is nan"):
         trainer.run_evaluation({})
     assert evaluations == []  # so no snapshot is saved and no preview drawn from those weights
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_at_a_step_it_saves_and_exits_143(tmp_path):
+    """What `kill`, a batch scheduler or Kubernetes sends before killing: treated as Ctrl-C is (stop, evaluate,
+    save, say how to resume), with the status a shell gives a program ended by SIGTERM."""
+    corpus = write_corpus(tmp_path / "words.txt")
+    run = tmp_path / "ck" / "terminated"
+
+    def send_sigterm_after_the_first_snapshot():
+        deadline = time.monotonic() + 120
+        while not (run / "pointers.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    sender = threading.Thread(target=send_sigterm_after_the_first_snapshot, daemon=True)
+    sender.start()
+    result = run_cli("train", corpus, *TINY, *LEAN, "--steps", "100000", "--eval-every", "3", "--time-limit", "120",
+                     "--checkpoint-dir", run.parent, "--run-name", run.name)
+    sender.join()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler was this command's only
+    assert result.exit_code == 143, result.output
+    assert "Traceback" not in result.output
+    reached = int(re.search(r"^step (\d+)", result.stdout, flags=re.MULTILINE).group(1))
+    assert 3 <= reached < 100000
+    assert Run.open(run).load_progress()["step"] == reached  # saved at the step it stopped
+    assert "terminated (SIGTERM) and saved; continue with: chargen train " in result.stderr
