@@ -204,6 +204,12 @@ CLUSTER_RUN = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-siz
 # (constant: a cosine schedule would follow each session's --steps, and the cluster trains to a kill, then resumes)
 
 
+def last_step(run: Path) -> int:
+    """The step of the run's last snapshot, as its pointers name it."""
+    last = json.loads((run / "pointers.json").read_text())["last"]
+    return json.loads((run / "snapshots" / last / "progress.json").read_text())["step"]
+
+
 def snapshot_at(run: Path, step: int) -> Path:
     return next((run / "snapshots").glob(f"step-{step:07d}-*"))
 
@@ -211,7 +217,8 @@ def snapshot_at(run: Path, step: int) -> Path:
 @pytest.mark.slow
 def test_a_cluster_trains_as_one_process_and_a_dead_worker_leaves_a_run_that_resumes(tmp_path):
     """Two workers train until one is killed; the chief, which alone wrote the run, stops in one line. The
-    run resumes as a cluster and as one process, and both equal one process trained as many steps."""
+    run resumes as a cluster (until SIGTERM stops it, saved) and as one process, and both equal one process
+    trained as many steps."""
     corpus = write_corpus(tmp_path / "words.txt")
     chief, other = start_workers(corpus, [tmp_path / "worker0", tmp_path / "worker1"], *CLUSTER_RUN,
                                  "--steps", "100000")
@@ -236,18 +243,26 @@ def test_a_cluster_trains_as_one_process_and_a_dead_worker_leaves_a_run_that_res
     result = run_cli("sample", run, "--length", "20", "--seed", "1")
     assert result.exit_code == 0, result.output
 
-    step = json.loads((run / "snapshots" / json.loads((run / "pointers.json").read_text())["last"] /
-                       "progress.json").read_text())["step"]
+    step = last_step(run)
     alone = tmp_path / "alone"
     shutil.copytree(tmp_path / "worker0", alone)
-    # To resume, every worker reads the last snapshot: the run folder must be on storage they share.
-    results = finish(start_workers(corpus, [tmp_path / "worker0"] * 2, *CLUSTER_RUN, "--steps", str(step + 2),
-                                   "--resume"))
-    assert [code for code, _ in results] == [0, 0], results
-    result = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(step + 2), "--resume",
+    # Both resume from the chief's folder (to resume, every worker reads the last snapshot: the folder must be
+    # on storage they share), until SIGTERM reaches both, as when Kubernetes stops a job's pods.
+    workers = start_workers(corpus, [tmp_path / "worker0"] * 2, *CLUSTER_RUN, "--steps", "100000", "--resume")
+    deadline = time.monotonic() + 240
+    while last_step(run) == step and time.monotonic() < deadline and workers[0].poll() is None:
+        time.sleep(0.2)
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    results = finish(workers)
+    assert [code for code, _ in results] == [143, 143], results
+    assert "terminated (SIGTERM) and saved" in results[0][1], results[0][1]
+    reached = last_step(run)
+    assert reached > step
+    result = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(reached), "--resume",
                      "--checkpoint-dir", alone, "--run-name", "cluster")
     assert result.exit_code == 0, result.output
-    reference = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(step + 2), "--checkpoint-dir",
+    reference = run_cli("train", corpus, *CLUSTER_RUN, "--steps", str(reached), "--checkpoint-dir",
                         tmp_path / "single", "--run-name", "one")
     assert reference.exit_code == 0, reference.output
 
@@ -255,7 +270,7 @@ def test_a_cluster_trains_as_one_process_and_a_dead_worker_leaves_a_run_that_res
     for resumed in (run, alone / "cluster"):
         for mine, theirs in zip(last_weights(resumed), last_weights(single)):
             np.testing.assert_allclose(mine, theirs, atol=WEIGHT_TOLERANCE)
-        with np.load(snapshot_at(resumed, step + 2) / "states.npz") as mine, \
-                np.load(snapshot_at(single, step + 2) / "states.npz") as theirs:
+        with np.load(snapshot_at(resumed, reached) / "states.npz") as mine, \
+                np.load(snapshot_at(single, reached) / "states.npz") as theirs:
             for name in ("layer0_state0", "layer0_state1"):
                 np.testing.assert_allclose(mine[name], theirs[name], atol=WEIGHT_TOLERANCE)
