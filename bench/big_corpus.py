@@ -35,6 +35,7 @@ from pathlib import Path
 
 BLOCK_BYTES = 64 << 20  # the paragraphs are shuffled afresh for each block this size
 POLL_SECONDS = 0.02
+DEFAULT_FOLDER = Path("/tmp/chargen-big-corpus")
 
 
 def anonymous_memory(pid: int) -> int | None:
@@ -134,7 +135,7 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
         chargen("train", str(corpus_path), "--steps", str(steps), "--checkpoint-dir", str(folder / "checkpoints"),
                 "--run-name", "big", "--preview-length", "0"),
         env, terminal=True,
-        marks={"model_built": r"training ", "first_step": r"\b1/\d+"},
+        marks={"model_built": r"using the encoded cache", "first_step": r"(?m)\b1/\d+|^step \d+:"},
     )
     for result in (cold, warm, train):
         if result["exit_code"] != 0:
@@ -159,22 +160,27 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gigabytes", type=float, default=4.0, help="corpus size (default 4)")
-    parser.add_argument("--folder", type=Path, default=Path("/tmp/chargen-big-corpus"),
-                        help="where the corpus, its cache and the run go (deleted afterwards unless --keep)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--keep", action="store_true", help="leave the folder in place")
-    args = parser.parse_args(argv)
-    args.folder.mkdir(parents=True, exist_ok=True)
+def run(quick: bool = False, log=print, gigabytes: float | None = None, folder: Path = DEFAULT_FOLDER,
+        steps: int = 50, keep: bool = False) -> dict:
+    """The whole measurement (4 GB, or 0.2 GB when `quick`), the load average before and after included;
+    `folder` is deleted afterwards unless `keep`."""
+    gigabytes = gigabytes if gigabytes is not None else 0.2 if quick else 4.0
+    folder.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    log(f"Big corpus: {gigabytes} GB in {folder} (load average {load_before[0]:.1f}) ...")
     try:
-        result = measure(args.folder, args.gigabytes, args.steps)
+        result = measure(folder, gigabytes, steps)
     finally:
-        if not args.keep:
-            shutil.rmtree(args.folder, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {**result, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def print_result(result: dict) -> None:
     gb = 1e9
     marks = result["train_marks_seconds"]
+    print(f"\nCorpus larger than memory (load average {result['load_average_before'][0]:.1f} before, "
+          f"{result['load_average_after'][0]:.1f} after, on {os.cpu_count()} cores)")
     print(f"corpus                      {result['corpus_bytes'] / gb:.2f} GB, {result['characters']:,} characters "
           f"(as int32 ids: {result['int32_ids_bytes'] / gb:.2f} GB)")
     print(f"chargen prepare (encoding)  {result['encode_seconds']:.1f} s, "
@@ -183,8 +189,21 @@ def main(argv=None) -> int:
     print(f"chargen prepare (cached)    {result['cache_hit_seconds']:.1f} s")
     when = {name: f"{marks[name]:.1f} s" if name in marks else "not seen" for name in ("model_built", "first_step")}
     print(f"chargen train --steps {result['train_steps']:<5} {result['train_seconds']:.1f} s, peak RssAnon "
-          f"{result['train_peak_rss_anon_bytes'] / 1e6:.0f} MB; model built (corpus hashed and mapped) at "
-          f"{when['model_built']}, first step at {when['first_step']}")
+          f"{result['train_peak_rss_anon_bytes'] / 1e6:.0f} MB; cache ready (corpus hashed and mapped, model "
+          f"built) at {when['model_built']}, first step at {when['first_step']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gigabytes", type=float, default=4.0, help="corpus size (default 4)")
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER,
+                        help="where the corpus, its cache and the run go (deleted afterwards unless --keep)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--keep", action="store_true", help="leave the folder in place")
+    args = parser.parse_args(argv)
+    result = run(gigabytes=args.gigabytes, folder=args.folder, steps=args.steps, keep=args.keep,
+                 log=lambda line: print(line, file=sys.stderr))
+    print_result(result)
     print(json.dumps(result, indent=2))
     return 0
 

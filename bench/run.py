@@ -34,7 +34,7 @@ from bench.common import (  # noqa: E402
     quiet_tensorflow,
 )
 
-SECTIONS = ("generation", "training", "quality", "ten-minutes")
+SECTIONS = ("generation", "training", "quality", "ten-minutes", "big-corpus")
 
 
 def log(message: str) -> None:
@@ -257,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         log("Quality in ten minutes: chargen's defaults against Keras's LSTM(512), the same budget each ...")
         results["ten_minutes"] = ten_minutes.run(arguments.quick, log=log)
         print_ten_minutes(results["ten_minutes"])
+
+    if "big-corpus" not in arguments.skip:
+        from bench import big_corpus
+
+        results["big_corpus"] = big_corpus.run(arguments.quick, log=log)
+        big_corpus.print_result(results["big_corpus"])
 
     results["machine_after"] = machine(packages=False)
     results["elapsed_seconds"] = time.perf_counter() - started
