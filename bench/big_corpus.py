@@ -6,17 +6,18 @@ Generates a corpus of the given size (paragraphs of builtin:python-docs, shuffle
 seeded), then runs the real commands in child processes, each watched from here:
 
 1. `chargen prepare CORPUS` into an empty cache: the encoding speed (corpus bytes per second of wall time,
-   hashing, vocabulary pass and ids pass together) and its peak anonymous memory;
+   hashing, vocabulary pass and ids pass together; and per second of the process's CPU time, which the
+   load of a shared machine disturbs less) and its peak anonymous memory;
 2. `chargen prepare CORPUS` again: what a cache hit costs (hashing the files);
 3. `chargen train CORPUS --steps N` on a pseudo-terminal, so its progress bar draws: the peak anonymous
    resident memory (`RssAnon` in /proc/PID/status, TensorFlow included; the mapped ids are page cache,
-   not anonymous memory) and when each stage is reached: the "training ..." line (corpus hashed and
-   mapped, TensorFlow loaded, model built) and the first step drawn by the progress bar (XLA compilation
-   included). `chargen prepare CORPUS` alone, warm, is how long the hashing takes.
+   not anonymous memory) and when each stage is reached: the "using the encoded cache" line (corpus
+   hashed and mapped, TensorFlow loaded, model built) and the first step drawn by the progress bar (XLA
+   compilation included). `chargen prepare CORPUS` alone, warm, is how long the hashing takes.
 
 Everything goes into --folder (default under /tmp, outside the repository), deleted at the end unless
---keep. It needs about 2.2 times the corpus size free there. Not part of `make bench`: at 4 GB it takes
-a few minutes. Prints a table and one JSON object.
+--keep. It needs about 2.2 times the corpus size free there. `python -m bench` runs it as its last
+section (4 GB; 0.2 GB with --quick; `--skip big-corpus` leaves it out). Prints a table and one JSON object.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import pty
 import re
+import resource
 import select
 import shutil
 import subprocess
@@ -54,6 +56,7 @@ def watch(command: list[str], env: dict, terminal: bool = False, marks: dict[str
     memory, and the seconds after the start at which each regular expression of `marks` first matched
     the output (read through a pseudo-terminal when `terminal`, so progress bars draw)."""
     marks, seen = marks or {}, {}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if terminal:
         leader, follower = pty.openpty()
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
@@ -83,10 +86,13 @@ def watch(command: list[str], env: dict, terminal: bool = False, marks: dict[str
             break
     code = process.wait()
     seconds = time.perf_counter() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(children_after, field) - getattr(children_before, field) for field in ("ru_utime", "ru_stime"))
     if terminal:
         os.close(leader)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode("utf-8", "replace"))  # without terminal codes
-    return {"exit_code": code, "seconds": seconds, "peak_rss_anon_bytes": peak, "marks": seen, "output": text}
+    return {"exit_code": code, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_anon_bytes": peak, "marks": seen,
+            "output": text}
 
 
 def generate_corpus(path: Path, num_bytes: int, seed: int = 0) -> int:
@@ -150,6 +156,7 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
         "generate_seconds": generated,
         "encode_seconds": cold["seconds"],
         "encode_megabytes_per_second": written / 1e6 / cold["seconds"],
+        "encode_cpu_seconds": cold["cpu_seconds"],
         "encode_peak_rss_anon_bytes": cold["peak_rss_anon_bytes"],
         "cache_hit_seconds": warm["seconds"],
         "train_steps": steps,
@@ -183,8 +190,9 @@ def print_result(result: dict) -> None:
           f"{result['load_average_after'][0]:.1f} after, on {os.cpu_count()} cores)")
     print(f"corpus                      {result['corpus_bytes'] / gb:.2f} GB, {result['characters']:,} characters "
           f"(as int32 ids: {result['int32_ids_bytes'] / gb:.2f} GB)")
+    per_cpu_second = result["corpus_bytes"] / 1e6 / result["encode_cpu_seconds"]
     print(f"chargen prepare (encoding)  {result['encode_seconds']:.1f} s, "
-          f"{result['encode_megabytes_per_second']:.0f} MB/s, peak RssAnon "
+          f"{result['encode_megabytes_per_second']:.0f} MB/s ({per_cpu_second:.0f} MB per CPU second), peak RssAnon "
           f"{result['encode_peak_rss_anon_bytes'] / 1e6:.0f} MB")
     print(f"chargen prepare (cached)    {result['cache_hit_seconds']:.1f} s")
     when = {name: f"{marks[name]:.1f} s" if name in marks else "not seen" for name in ("model_built", "first_step")}
