@@ -27,6 +27,7 @@ from chargen.vocab import Vocabulary
 
 FAST_CODECS = ("utf-8", "ascii", "iso8859-1")  # codecs.lookup names of the encodings read from bytes
 PIECE_BYTES = 1 << 18  # bytes read at a time: numpy's temporaries for a piece stay in the processor's cache
+DENSE_FRACTION = 8  # numpy decodes a piece when under 1 byte in this many is 0x80 or above; the codec, when more
 _HIGH = bytes(range(0x80, 0x100))
 _CONTINUATIONS = bytes(range(0x80, 0xC0))
 _NO_POSITIONS = np.zeros(0, np.int64)
@@ -99,8 +100,10 @@ def _piece(view: memoryview, end: int, encoding: str, errors: str, source: Sourc
     data = bytes(view[:end])
     if encoding == "iso8859-1" or data.isascii():
         return Piece(end, data)
-    if encoding == "utf-8":
-        decoded = _multibyte(data, np.frombuffer(view, np.uint8))
+    padded = np.frombuffer(view, np.uint8)
+    num_high = int(np.count_nonzero(padded[:end] >= 0x80))
+    if encoding == "utf-8" and num_high * DENSE_FRACTION < end:  # the codec decodes text dense in them faster
+        decoded = _multibyte(data, padded, num_high)
         if decoded is not None:
             return Piece(decoded[0], data, decoded[1], decoded[2])
     try:
@@ -110,9 +113,10 @@ def _piece(view: memoryview, end: int, encoding: str, errors: str, source: Sourc
     return Piece(len(text), text=text)
 
 
-def _multibyte(data: bytes, padded: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+def _multibyte(data: bytes, padded: np.ndarray, num_high: int) -> tuple[int, np.ndarray, np.ndarray] | None:
     """(characters, positions, code points) of the multi-byte characters of `data`, or None when it is
-    not valid UTF-8 (the codec then says where and why). `padded` holds `data` and 3 bytes more.
+    not valid UTF-8 (the codec then says where and why). `padded` holds `data` and 3 bytes more;
+    `num_high` bytes of `data` are 0x80 or above.
 
     Each lead byte's character is decoded from the little-endian word of its 4 bytes, in uint32
     arithmetic. The bytes are valid when every lead byte starts a shortest-form character below
@@ -133,7 +137,7 @@ def _multibyte(data: bytes, padded: np.ndarray) -> tuple[int, np.ndarray, np.nda
     shortest = (points >> (length * 4 - 1 + (length == 4))) != 0  # at least 0x80, 0x800, 0x10000
     valid = continued & shortest & (first <= 0xF4) & (points <= 0x10FFFF) & ((points & 0x1FF800) != 0xD800)
     continuations = length - 1
-    num_continuations = int(np.count_nonzero(padded[:end] >= 0x80)) - len(leads)
+    num_continuations = num_high - len(leads)
     if not valid.all() or int(continuations.sum()) != num_continuations or \
             (len(leads) and leads[-1] + length[-1] > end):
         return None
