@@ -1,5 +1,6 @@
 """chargen benchmarks: training throughput against Keras's built-in layers, generation speed, and
-bits per character after a short training budget and after ten minutes against Keras. Prints tables and
+bits per character after a short training budget and after ten minutes against Keras, and training on a
+generated 4 GB corpus (memory, encoding speed, time to the first step). Prints tables and
 writes JSON to bench/results/.
 
     python -m bench            # the full run (about 30 minutes on 2 cores, 20 of them the ten-minute row)
