@@ -6,17 +6,18 @@ Generates a corpus of the given size (paragraphs of builtin:python-docs, shuffle
 seeded), then runs the real commands in child processes, each watched from here:
 
 1. `chargen prepare CORPUS` into an empty cache: the encoding speed (corpus bytes per second of wall time,
-   hashing, vocabulary pass and ids pass together) and its peak anonymous memory;
+   hashing, vocabulary pass and ids pass together; and per second of the process's CPU time, which the
+   load of a shared machine disturbs less) and its peak anonymous memory;
 2. `chargen prepare CORPUS` again: what a cache hit costs (hashing the files);
 3. `chargen train CORPUS --steps N` on a pseudo-terminal, so its progress bar draws: the peak anonymous
    resident memory (`RssAnon` in /proc/PID/status, TensorFlow included; the mapped ids are page cache,
-   not anonymous memory) and when each stage is reached: the "training ..." line (corpus hashed and
-   mapped, TensorFlow loaded, model built) and the first step drawn by the progress bar (XLA compilation
-   included). `chargen prepare CORPUS` alone, warm, is how long the hashing takes.
+   not anonymous memory) and when each stage is reached: the "using the encoded cache" line (corpus
+   hashed and mapped, TensorFlow loaded, model built) and the first step drawn by the progress bar (XLA
+   compilation included). `chargen prepare CORPUS` alone, warm, is how long the hashing takes.
 
 Everything goes into --folder (default under /tmp, outside the repository), deleted at the end unless
---keep. It needs about 2.2 times the corpus size free there. Not part of `make bench`: at 4 GB it takes
-a few minutes. Prints a table and one JSON object.
+--keep. It needs about 2.2 times the corpus size free there. `python -m bench` runs it as its last
+section (4 GB; 0.2 GB with --quick; `--skip big-corpus` leaves it out). Prints a table and one JSON object.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import pty
 import re
+import resource
 import select
 import shutil
 import subprocess
@@ -35,6 +37,7 @@ from pathlib import Path
 
 BLOCK_BYTES = 64 << 20  # the paragraphs are shuffled afresh for each block this size
 POLL_SECONDS = 0.02
+DEFAULT_FOLDER = Path("/tmp/chargen-big-corpus")
 
 
 def anonymous_memory(pid: int) -> int | None:
@@ -53,6 +56,7 @@ def watch(command: list[str], env: dict, terminal: bool = False, marks: dict[str
     memory, and the seconds after the start at which each regular expression of `marks` first matched
     the output (read through a pseudo-terminal when `terminal`, so progress bars draw)."""
     marks, seen = marks or {}, {}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if terminal:
         leader, follower = pty.openpty()
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
@@ -82,10 +86,13 @@ def watch(command: list[str], env: dict, terminal: bool = False, marks: dict[str
             break
     code = process.wait()
     seconds = time.perf_counter() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(children_after, field) - getattr(children_before, field) for field in ("ru_utime", "ru_stime"))
     if terminal:
         os.close(leader)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode("utf-8", "replace"))  # without terminal codes
-    return {"exit_code": code, "seconds": seconds, "peak_rss_anon_bytes": peak, "marks": seen, "output": text}
+    return {"exit_code": code, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_anon_bytes": peak, "marks": seen,
+            "output": text}
 
 
 def generate_corpus(path: Path, num_bytes: int, seed: int = 0) -> int:
@@ -134,7 +141,7 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
         chargen("train", str(corpus_path), "--steps", str(steps), "--checkpoint-dir", str(folder / "checkpoints"),
                 "--run-name", "big", "--preview-length", "0"),
         env, terminal=True,
-        marks={"model_built": r"training ", "first_step": r"\b1/\d+"},
+        marks={"model_built": r"using the encoded cache", "first_step": r"(?m)\b1/\d+|^step \d+:"},
     )
     for result in (cold, warm, train):
         if result["exit_code"] != 0:
@@ -149,6 +156,7 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
         "generate_seconds": generated,
         "encode_seconds": cold["seconds"],
         "encode_megabytes_per_second": written / 1e6 / cold["seconds"],
+        "encode_cpu_seconds": cold["cpu_seconds"],
         "encode_peak_rss_anon_bytes": cold["peak_rss_anon_bytes"],
         "cache_hit_seconds": warm["seconds"],
         "train_steps": steps,
@@ -159,32 +167,51 @@ def measure(folder: Path, gigabytes: float, steps: int) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gigabytes", type=float, default=4.0, help="corpus size (default 4)")
-    parser.add_argument("--folder", type=Path, default=Path("/tmp/chargen-big-corpus"),
-                        help="where the corpus, its cache and the run go (deleted afterwards unless --keep)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--keep", action="store_true", help="leave the folder in place")
-    args = parser.parse_args(argv)
-    args.folder.mkdir(parents=True, exist_ok=True)
+def run(quick: bool = False, log=print, gigabytes: float | None = None, folder: Path = DEFAULT_FOLDER,
+        steps: int = 50, keep: bool = False) -> dict:
+    """The whole measurement (4 GB, or 0.2 GB when `quick`), the load average before and after included;
+    `folder` is deleted afterwards unless `keep`."""
+    gigabytes = gigabytes if gigabytes is not None else 0.2 if quick else 4.0
+    folder.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    log(f"Big corpus: {gigabytes} GB in {folder} (load average {load_before[0]:.1f}) ...")
     try:
-        result = measure(args.folder, args.gigabytes, args.steps)
+        result = measure(folder, gigabytes, steps)
     finally:
-        if not args.keep:
-            shutil.rmtree(args.folder, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {**result, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def print_result(result: dict) -> None:
     gb = 1e9
     marks = result["train_marks_seconds"]
+    print(f"\nCorpus larger than memory (load average {result['load_average_before'][0]:.1f} before, "
+          f"{result['load_average_after'][0]:.1f} after, on {os.cpu_count()} cores)")
     print(f"corpus                      {result['corpus_bytes'] / gb:.2f} GB, {result['characters']:,} characters "
           f"(as int32 ids: {result['int32_ids_bytes'] / gb:.2f} GB)")
+    per_cpu_second = result["corpus_bytes"] / 1e6 / result["encode_cpu_seconds"]
     print(f"chargen prepare (encoding)  {result['encode_seconds']:.1f} s, "
-          f"{result['encode_megabytes_per_second']:.0f} MB/s, peak RssAnon "
+          f"{result['encode_megabytes_per_second']:.0f} MB/s ({per_cpu_second:.0f} MB per CPU second), peak RssAnon "
           f"{result['encode_peak_rss_anon_bytes'] / 1e6:.0f} MB")
     print(f"chargen prepare (cached)    {result['cache_hit_seconds']:.1f} s")
     when = {name: f"{marks[name]:.1f} s" if name in marks else "not seen" for name in ("model_built", "first_step")}
     print(f"chargen train --steps {result['train_steps']:<5} {result['train_seconds']:.1f} s, peak RssAnon "
-          f"{result['train_peak_rss_anon_bytes'] / 1e6:.0f} MB; model built (corpus hashed and mapped) at "
-          f"{when['model_built']}, first step at {when['first_step']}")
+          f"{result['train_peak_rss_anon_bytes'] / 1e6:.0f} MB; cache ready (corpus hashed and mapped, model "
+          f"built) at {when['model_built']}, first step at {when['first_step']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gigabytes", type=float, default=4.0, help="corpus size (default 4)")
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER,
+                        help="where the corpus, its cache and the run go (deleted afterwards unless --keep)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--keep", action="store_true", help="leave the folder in place")
+    args = parser.parse_args(argv)
+    result = run(gigabytes=args.gigabytes, folder=args.folder, steps=args.steps, keep=args.keep,
+                 log=lambda line: print(line, file=sys.stderr))
+    print_result(result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,5 +1,6 @@
 """chargen benchmarks: training throughput against Keras's built-in layers, generation speed, and
-bits per character after a short training budget and after ten minutes against Keras. Prints tables and
+bits per character after a short training budget and after ten minutes against Keras, and training on a
+generated 4 GB corpus (memory, encoding speed, time to the first step). Prints tables and
 writes JSON to bench/results/.
 
     python -m bench            # the full run (about 30 minutes on 2 cores, 20 of them the ten-minute row)
@@ -34,7 +35,7 @@ from bench.common import (  # noqa: E402
     quiet_tensorflow,
 )
 
-SECTIONS = ("generation", "training", "quality", "ten-minutes")
+SECTIONS = ("generation", "training", "quality", "ten-minutes", "big-corpus")
 
 
 def log(message: str) -> None:
@@ -257,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         log("Quality in ten minutes: chargen's defaults against Keras's LSTM(512), the same budget each ...")
         results["ten_minutes"] = ten_minutes.run(arguments.quick, log=log)
         print_ten_minutes(results["ten_minutes"])
+
+    if "big-corpus" not in arguments.skip:
+        from bench import big_corpus
+
+        results["big_corpus"] = big_corpus.run(arguments.quick, log=log)
+        big_corpus.print_result(results["big_corpus"])
 
     results["machine_after"] = machine(packages=False)
     results["elapsed_seconds"] = time.perf_counter() - started

@@ -22,16 +22,18 @@ step's batch in numpy; `training_dataset` serves those batches to TensorFlow, pr
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import functools
 import hashlib
+import io
 import itertools
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -132,16 +134,8 @@ class Corpus:
                 pending = len(decoder.getstate()[0])  # bytes of an unfinished character, held back
                 try:
                     piece = decoder.decode(data, final=not data)
-                except UnicodeDecodeError as error:
-                    raise ChargenError(
-                        f"cannot decode {source.name} as {encoding}: byte 0x{error.object[error.start]:02x} at byte "
-                        f"offset {offset - pending + error.start} ({error.reason}); pass --encoding, e.g. "
-                        "--encoding latin-1, or --encoding-errors replace"
-                    ) from None
-                except UnicodeError as error:  # not about one byte: e.g. UTF-16 or UTF-32 text without a BOM
-                    raise ChargenError(f"cannot decode {source.name} as {encoding} ({error}); pass the encoding "
-                                       "with its byte order, e.g. --encoding utf-16-le, or another --encoding") \
-                        from None
+                except UnicodeError as error:
+                    raise decoding_error(source, encoding, error, offset - pending) from None
                 offset += len(data)
                 if piece:
                     yield index, piece
@@ -153,16 +147,50 @@ class Corpus:
 
     @staticmethod
     def _byte_chunks(source: Source) -> Iterator[bytes]:
-        if source.path is None:
-            data = BUILTIN_CORPORA[source.name[len(BUILTIN_PREFIX):]]().encode("utf-8")
-            yield from (data[start:start + READ_BYTES] for start in range(0, len(data), READ_BYTES))
-            return
-        try:
-            with _open_regular_file(source) as file:
-                while data := file.read(READ_BYTES):
-                    yield data
-        except OSError as error:
-            raise ChargenError(f"cannot read {source.name}: {error.strerror}") from None
+        with open_source(source) as file:
+            while data := _read(file, source, READ_BYTES):
+                yield data
+
+
+@contextlib.contextmanager
+def open_source(source: Source) -> Iterator[BinaryIO]:
+    """A source's bytes as a binary file: a regular file opened for reading, or a built-in's UTF-8 text."""
+    if source.path is None:
+        yield io.BytesIO(BUILTIN_CORPORA[source.name[len(BUILTIN_PREFIX):]]().encode("utf-8"))
+        return
+    try:
+        file = _open_regular_file(source)
+    except OSError as error:
+        raise ChargenError(f"cannot read {source.name}: {error.strerror}") from None
+    with file:
+        yield file
+
+
+def read_into(file: BinaryIO, source: Source, view: memoryview) -> int:
+    """Fill `view` from `file` as far as one read goes; the bytes read (0 at the end)."""
+    try:
+        return file.readinto(view) or 0
+    except OSError as error:
+        raise ChargenError(f"cannot read {source.name}: {error.strerror}") from None
+
+
+def _read(file: BinaryIO, source: Source, size: int) -> bytes:
+    try:
+        return file.read(size)
+    except OSError as error:
+        raise ChargenError(f"cannot read {source.name}: {error.strerror}") from None
+
+
+def decoding_error(source: Source, encoding: str, error: UnicodeError, offset: int) -> ChargenError:
+    """What to tell the user when `source`'s bytes from `offset` on do not decode as `encoding`."""
+    if isinstance(error, UnicodeDecodeError):
+        return ChargenError(
+            f"cannot decode {source.name} as {encoding}: byte 0x{error.object[error.start]:02x} at byte "
+            f"offset {offset + error.start} ({error.reason}); pass --encoding, e.g. "
+            "--encoding latin-1, or --encoding-errors replace"
+        )
+    return ChargenError(f"cannot decode {source.name} as {encoding} ({error}); pass the encoding "  # e.g. no BOM
+                        "with its byte order, e.g. --encoding utf-16-le, or another --encoding")
 
 
 def _open_regular_file(source: Source):

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from chargen import bytewise
 from chargen.atomic import atomic_file, atomic_write_text
 from chargen.corpus import Corpus
 from chargen.errors import ChargenError
-from chargen.vocab import Vocabulary, characters_of
+from chargen.vocab import Vocabulary
 
 FORMAT_VERSION = 1
 CACHE_VARIABLE = "CHARGEN_CACHE_DIR"  # overrides the cache folder (the tests point it at a temporary one)
@@ -148,26 +149,28 @@ def cache_key(text_corpus: Corpus) -> str:
 
 def _encode_into(folder: Path, key: str, text_corpus: Corpus) -> tuple[np.ndarray, Vocabulary, dict]:
     """The vocabulary pass, then the ids pass, hashing the bytes again to be sure they did not change."""
-    source_chars = [0] * len(text_corpus.inputs)
+    codec = bytewise.fast_codec(text_corpus)
 
-    def counted() -> Iterator[str]:
-        for index, piece in text_corpus.chunks():
-            if index is not None:
-                source_chars[index] += len(piece)
-            yield piece
+    def read(digest=None) -> Iterator[tuple[int | None, bytewise.Piece]]:
+        if codec is not None:  # from bytes, decoding only what numpy cannot
+            yield from bytewise.pieces(text_corpus, codec, digest)
+        else:
+            for index, text in text_corpus.chunks(digest):
+                yield index, bytewise.Piece(len(text), text=text)
 
-    chars = characters_of(counted())
+    chars, source_chars = _vocabulary_pass(read(), len(text_corpus.inputs))
     if not "".join(chars).strip():
         text_corpus.refuse_blank()
     vocab = Vocabulary(chars)
+    ids_of = bytewise.PieceIds(vocab, id_dtype(len(vocab)))
     digest = hashlib.sha256()
     changed = ChargenError(f"the corpus changed while it was being encoded ({text_corpus.inputs[0].name}, ...); "
                            "run the command again once its files stay as they are")
 
     def pieces() -> Iterator[np.ndarray]:
         try:  # the first pass read every character and byte without a fault: a fault now is a change
-            for _, piece in text_corpus.chunks(digest):
-                yield vocab.encode(piece, id_dtype(len(vocab)))
+            for _, piece in read(digest):
+                yield ids_of(piece)
         except ChargenError:
             raise changed from None
 
@@ -177,6 +180,18 @@ def _encode_into(folder: Path, key: str, text_corpus: Corpus) -> tuple[np.ndarra
 
     return _write_entry(folder, key, vocab, pieces(), source_chars, text_corpus.sha256, text_corpus.num_bytes,
                         before_publishing=check_unchanged)
+
+
+def _vocabulary_pass(pieces: Iterable[tuple[int | None, bytewise.Piece]], num_sources: int
+                     ) -> tuple[list[str], list[int]]:
+    """The distinct characters of the pieces, in code-point order, and how many each source holds."""
+    present = np.zeros(0x110000, bool)  # one flag per code point
+    source_chars = [0] * num_sources
+    for index, piece in pieces:
+        if index is not None:
+            source_chars[index] += piece.num_chars
+        bytewise.mark_characters(piece, present)
+    return [chr(point) for point in np.flatnonzero(present)], source_chars
 
 
 def _write_entry(folder: Path, key: str, vocab: Vocabulary, pieces: Iterable[np.ndarray], source_chars,

@@ -28,18 +28,22 @@ def code_points(text: str) -> np.ndarray:
 
 def characters_of(text: str | Iterable[str]) -> list[str]:
     """The distinct characters of one text or several (any iterable, read once), in code-point order."""
-    texts = [text] if isinstance(text, str) else text
     present = np.zeros(0x110000, bool)  # one flag per possible code point
-    for text in texts:
-        for start in range(0, len(text), _ENCODE_CHUNK):
-            piece = text[start:start + _ENCODE_CHUNK]
-            try:  # below U+0100: delete the bytes already seen; usually nothing is left
-                unseen = piece.encode("latin-1").translate(None, bytes(np.flatnonzero(present[:256]).tolist()))
-            except UnicodeEncodeError:
-                present[code_points(piece)] = True
-            else:
-                present[np.frombuffer(unseen, np.uint8)] = True
+    for piece in [text] if isinstance(text, str) else text:
+        mark_characters(piece, present)
     return [chr(point) for point in np.flatnonzero(present)]
+
+
+def mark_characters(text: str, present: np.ndarray) -> None:
+    """Set the flags of the characters of `text` in `present` (bool[0x110000], one per code point)."""
+    for start in range(0, len(text), _ENCODE_CHUNK):
+        piece = text[start:start + _ENCODE_CHUNK]
+        try:  # below U+0100: delete the bytes already seen; usually nothing is left
+            unseen = piece.encode("latin-1").translate(None, bytes(np.flatnonzero(present[:256]).tolist()))
+        except UnicodeEncodeError:
+            present[code_points(piece)] = True
+        else:
+            present[np.frombuffer(unseen, np.uint8)] = True
 
 
 class Vocabulary:
@@ -129,6 +133,12 @@ class Vocabulary:
             f"{count} character(s) are not in the model's vocabulary: {shown!r}; "
             "remove them from the text or train on text that has them"
         )
+
+    def id_table(self) -> np.ndarray:
+        """int32[0x110000]: the id of each code point, -1 for a character outside the vocabulary (read only)."""
+        table = self._ids_by_point.view()
+        table.flags.writeable = False
+        return table
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """The text of a sequence of ids."""

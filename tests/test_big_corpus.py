@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chargen import bytewise, encoded
 from chargen import corpus as corpus_module
-from chargen import encoded
 from chargen import vocab as vocab_module
 from chargen.corpus import read_corpus
 from chargen.errors import ChargenError
@@ -34,6 +34,7 @@ def cache(tmp_path, monkeypatch):
 def tiny_chunks(monkeypatch):
     """Reads of 5 bytes and encodings of 3 characters: every multi-byte character meets a chunk boundary."""
     monkeypatch.setattr(corpus_module, "READ_BYTES", 5)
+    monkeypatch.setattr(bytewise, "PIECE_BYTES", 5)
     monkeypatch.setattr(vocab_module, "_ENCODE_CHUNK", 3)
 
 
@@ -173,14 +174,14 @@ def test_a_half_written_or_damaged_entry_is_never_used(tmp_path, cache):
 @pytest.mark.parametrize("edited", ["cbacbacba", "abcabdabc"])  # the same characters, or a new one
 def test_a_corpus_changed_while_being_encoded_publishes_nothing(tmp_path, cache, monkeypatch, edited):
     file = write(tmp_path / "a.txt", "abcabcabc")
-    characters_of = encoded.characters_of
+    vocabulary_pass = encoded._vocabulary_pass
 
-    def then_edit(texts):
-        chars = characters_of(texts)
+    def then_edit(*args):
+        found = vocabulary_pass(*args)
         write(file, edited)  # between the vocabulary pass and the ids pass
-        return chars
+        return found
 
-    monkeypatch.setattr(encoded, "characters_of", then_edit)
+    monkeypatch.setattr(encoded, "_vocabulary_pass", then_edit)
     with pytest.raises(ChargenError, match="the corpus changed while it was being encoded"):
         encoded.encode(read_corpus(file))
     assert list(cache.iterdir()) == []
