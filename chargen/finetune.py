@@ -21,19 +21,19 @@ import numpy as np
 
 from chargen.config import ARCHITECTURE, OPTIONS, TrainingConfig
 from chargen.errors import ChargenError
-from chargen.vocab import Vocabulary, code_points
+from chargen.vocab import Vocabulary
 
 SHOWN_CHARACTERS = 20  # an error lists at most this many of the missing characters
+COUNT_CHUNK = 1 << 24  # ids counted at a time: a corpus larger than memory is never read whole
 
 
 @dataclass(frozen=True)
-class AdaptedText:
-    """The text a fine-tuned run trains on, its vocabulary, and what `--new-chars` changed."""
+class AdaptedVocabulary:
+    """The vocabulary a fine-tuned run trains with, and what `--new-chars` changed."""
 
-    text: str
     vocab: Vocabulary
     missing: str  # the distinct characters the parent's vocabulary lacks, sorted
-    dropped: int  # occurrences removed from the text (drop)
+    dropped: int  # their occurrences, removed from the text (drop)
 
 
 def inherited_config(parent: TrainingConfig, options: dict, given: dict, parent_name: str) -> TrainingConfig:
@@ -47,19 +47,22 @@ def inherited_config(parent: TrainingConfig, options: dict, given: dict, parent_
     return TrainingConfig(**{**options, **{name: getattr(parent, name) for name in ARCHITECTURE}})
 
 
-def adapt_text(text: str, parent_vocab: Vocabulary, new_chars: str, parent_name: str) -> AdaptedText:
-    """Reconcile `text` with the parent's vocabulary as `new_chars` ("error", "drop" or "grow") says."""
-    missing = sorted(set(Vocabulary.from_text(text).chars) - set(parent_vocab.chars)) if text else []
+def adapt_vocabulary(ids: np.ndarray, corpus_vocab: Vocabulary, parent_vocab: Vocabulary, new_chars: str,
+                     parent_name: str) -> AdaptedVocabulary:
+    """Reconcile a corpus (`ids` in its own `corpus_vocab`, a memory map of any size) with the parent's
+    vocabulary as `new_chars` ("error", "drop" or "grow") says. The text itself is never decoded: dropping
+    happens when the ids are translated (`EncodedCorpus.ids_for`)."""
+    missing = sorted(set(corpus_vocab.chars) - set(parent_vocab.chars))
     if not missing:
-        return AdaptedText(text, parent_vocab, "", 0)
-    points = code_points(text)
-    outside = np.isin(points, np.array([ord(c) for c in missing], dtype=points.dtype))
-    occurrences = int(outside.sum())
-    if new_chars == "drop":
-        kept = points[~outside].astype("<u4").tobytes().decode("utf-32-le")
-        return AdaptedText(kept, parent_vocab, "".join(missing), occurrences)
+        return AdaptedVocabulary(parent_vocab, "", 0)
     if new_chars == "grow":
-        return AdaptedText(text, Vocabulary(parent_vocab.chars + missing), "".join(missing), 0)
+        return AdaptedVocabulary(Vocabulary(parent_vocab.chars + missing), "".join(missing), 0)
+    is_missing = np.zeros(len(corpus_vocab), bool)
+    is_missing[corpus_vocab.encode("".join(missing))] = True
+    occurrences = sum(int(np.count_nonzero(is_missing[ids[start:start + COUNT_CHUNK]]))
+                      for start in range(0, len(ids), COUNT_CHUNK))
+    if new_chars == "drop":
+        return AdaptedVocabulary(parent_vocab, "".join(missing), occurrences)
     shown = "".join(missing[:SHOWN_CHARACTERS])
     more = f" and {len(missing) - SHOWN_CHARACTERS} more" if len(missing) > SHOWN_CHARACTERS else ""
     raise ChargenError(f"{len(missing)} distinct character(s) of the corpus ({occurrences:,} occurrences) are not "
@@ -87,7 +90,7 @@ def transplant_weights(parent_model, model, parent_vocab: Vocabulary, vocab: Voc
 
 
 def parent_record(parent_path, which: str, snapshot_name: str, step: int, new_chars: str,
-                  adapted: AdaptedText) -> dict:
+                  adapted: AdaptedVocabulary) -> dict:
     """What config.json records of the parent (and what `chargen info` shows)."""
     return {"run": str(parent_path), "snapshot": which, "snapshot_folder": snapshot_name, "step": step,
             "new_chars": new_chars, "missing_chars": adapted.missing, "dropped_occurrences": adapted.dropped}

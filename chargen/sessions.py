@@ -98,7 +98,7 @@ def finetune_session(text_corpus: corpus.Corpus, parent: Run, which: str, option
                                        parent.name)
     parent_vocab = parent.vocabulary()
     text_corpus = encoded.encode(text_corpus)
-    adapted = finetune.adapt_text(text_corpus.text, parent_vocab, new_chars, parent.name)
+    adapted = finetune.adapt_vocabulary(text_corpus.ids, text_corpus.vocab, parent_vocab, new_chars, parent.name)
     train_ids, val_ids = encode_and_split(text_corpus, adapted.vocab, config, drop_missing=new_chars == "drop")
     parent_model = parent.load_model(which)
     snapshot = parent.snapshot_path(which)

@@ -35,29 +35,35 @@ def train_from(run_copy, corpus, *extra):
 
 # Vocabulary: error, drop, grow (no TensorFlow needed) ---------------------------------------------------
 
-def test_missing_characters_are_listed_with_their_count():
+def adapt(text: str, parent: Vocabulary, new_chars: str) -> finetune.AdaptedVocabulary:
+    """`adapt_vocabulary` on `text` as the encoded cache holds it: ids in the text's own vocabulary."""
+    own = Vocabulary.from_text(text)
+    return finetune.adapt_vocabulary(own.encode(text), own, parent, new_chars, "p")
+
+
+def test_missing_characters_are_listed_with_their_count(monkeypatch):
+    monkeypatch.setattr(finetune, "COUNT_CHUNK", 2)  # counted across chunks, as a corpus larger than memory is
     parent = Vocabulary.from_text("abc \n")
     with pytest.raises(ChargenError, match=r"2 distinct character\(s\) of the corpus \(3 occurrences\) are not in "
                                            r"the vocabulary of run p: 'XY'; pass --new-chars drop .* --new-chars grow"):
-        finetune.adapt_text("abXcYX", parent, "error", "p")
+        adapt("abXcYX", parent, "error")
     many = "".join(chr(0x4E00 + i) for i in range(25))
     with pytest.raises(ChargenError, match=f"25 distinct.*'{many[:20]}' and 5 more;"):
-        finetune.adapt_text("a" + many, parent, "error", "p")
+        adapt("a" + many, parent, "error")
 
 
-def test_drop_removes_every_occurrence_and_counts_them():
+def test_drop_counts_every_occurrence_and_keeps_the_parents_vocabulary():
     parent = Vocabulary.from_text("abc \n")
-    adapted = finetune.adapt_text("a\u00e9b\u00e9c X\n", parent, "drop", "p")
-    assert adapted.text == "abc \n"
+    adapted = adapt("a\u00e9b\u00e9c X\n", parent, "drop")
     assert (adapted.dropped, adapted.missing, adapted.vocab) == (3, "X\u00e9", parent)
 
 
 def test_grow_adds_the_missing_characters_to_the_vocabulary():
     parent = Vocabulary.from_text("abc \n")
-    adapted = finetune.adapt_text("aZb\u00e9", parent, "grow", "p")
+    adapted = adapt("aZb\u00e9", parent, "grow")
     assert adapted.vocab.chars == sorted("abc \nZ\u00e9")
-    assert (adapted.text, adapted.dropped, adapted.missing) == ("aZb\u00e9", 0, "Z\u00e9")
-    assert finetune.adapt_text("abc", parent, "error", "p").vocab is parent  # nothing missing: nothing changes
+    assert (adapted.dropped, adapted.missing) == (0, "Z\u00e9")
+    assert adapt("abc", parent, "error").vocab is parent  # nothing missing: nothing changes
 
 
 def test_model_options_come_from_the_parent_and_a_different_one_is_refused():
@@ -75,7 +81,7 @@ def test_model_options_come_from_the_parent_and_a_different_one_is_refused():
 def test_a_grown_model_keeps_every_old_row_exactly_and_starts_new_rows_as_a_fresh_model(trained):
     parent = Run.open(trained["run"])
     parent_model, parent_vocab = parent.load_model("best"), parent.vocabulary()
-    adapted = finetune.adapt_text("Zebra \u00e9\n", parent_vocab, "grow", parent.name)
+    adapted = adapt("Zebra \u00e9\n", parent_vocab, "grow")
     config = TrainingConfig.from_saved(parent.config["training"])
     fresh = build_model(config, len(adapted.vocab))
     model = build_model(config, len(adapted.vocab))
