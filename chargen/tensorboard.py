@@ -16,7 +16,6 @@ not. (Resuming is exact, so the steps trained again are the steps already logged
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -70,9 +69,8 @@ class TensorBoardLogs(Callback):
         self.pending = {tag: [] for tag in STEP_SCALARS}  # (step, value) not yet written
         self.last_write = time.monotonic()
         self._gradients = tf.function(_loss_gradients, reduce_retracing=True)
-        series = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)]  # steps, values
-        self._write_series = {tag: tf.function(functools.partial(_write_series, tag), input_signature=series)
-                              for tag in STEP_SCALARS}  # one per tag: traced once each
+        series = [tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)]
+        self._write_series = tf.function(_write_series, input_signature=series)  # the tag an input: traced once
 
     def on_train_begin(self, trainer: Trainer) -> None:
         for name in ("train", "validation"):
@@ -97,7 +95,8 @@ class TensorBoardLogs(Callback):
             for tag, series in self.pending.items():
                 if series:
                     steps, values = zip(*series)
-                    self._write_series[tag](tf.constant(steps, tf.int64), tf.constant(values, tf.float32))
+                    self._write_series(tf.constant(tag), tf.constant(steps, tf.int64),
+                                       tf.constant(values, tf.float32))
                     series.clear()
         self.last_write = time.monotonic()
 
@@ -143,8 +142,9 @@ class TensorBoardLogs(Callback):
             _histogram("gradients/" + _tag(variable), tf.convert_to_tensor(gradient).numpy())
 
 
-def _write_series(tag: str, steps, values) -> None:
-    """Scalars `values` at `steps` under `tag`, in one call (a loop in the graph) to the default writer.
+def _write_series(tag, steps, values) -> None:
+    """Scalars `values` at `steps` under `tag` (a string tensor, so that one trace serves every tag), in one call
+    (a loop in the graph) to the default writer.
 
     `tf.summary.write` keeps the tag as given (`tf.summary.scalar` would prefix the loop's name scope).
     """

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 from chargen.cli import cli
 
-# A model that trains in about a second: enough to exercise every path, not to learn anything. XLA only
-# adds compile time here; the tests whose subject it is turn it on themselves.
+# A model that trains in about a second: enough to exercise every path, not to learn anything. XLA and the
+# TensorBoard histograms (a second traced gradient, a few seconds a run) only add compile time here; the tests
+# whose subject they are turn them on themselves, and the shared `trained` run keeps its histograms.
 TINY = ["--units", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--steps", "4",
-        "--eval-every", "2", "--embedding-dim", "8", "--quiet", "--no-xla"]
+        "--eval-every", "2", "--embedding-dim", "8", "--quiet", "--no-xla", "--no-histograms"]
 WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "juniper"]
 
 

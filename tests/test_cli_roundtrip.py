@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from chargen.checkpoints import Run
+from chargen.config import TrainingConfig
 
 from helpers import TINY, run_cli
 
@@ -136,12 +137,21 @@ def test_sample_with_other_strategies(trained):
     assert top_k == greedy[0]  # keeping one candidate is greedy
 
 
+def save_untrained_run(corpus_path: Path, run_path: Path) -> None:
+    """A run saved straight after its model is built: another model than the shared run's, without the seconds
+    that tracing a training step would cost."""
+    from chargen.corpus import resolve_corpus
+    from chargen.sessions import new_session
+
+    config = TrainingConfig(units=16, num_layers=1, embedding_dim=8, seq_len=16, seed=5)
+    trainer = new_session(resolve_corpus([str(corpus_path)]), config, run_path, xla=False)
+    Run.open(run_path).save_snapshot(trainer.model, trainer.optimizer, dataclasses.asdict(trainer.progress))
+
+
 def test_sample_with_no_run_uses_the_newest(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)  # keeps the older times
-    result = run_cli("train", trained["corpus"], *TINY, "--seed", "5", "--checkpoint-dir", checkpoint_dir,
-                     "--run-name", "newer")
-    assert result.exit_code == 0, result.output
+    save_untrained_run(trained["corpus"], checkpoint_dir / "newer")
     implicit = run_cli("sample", "--checkpoint-dir", checkpoint_dir, "--seed", "4", "--length", "40", "--prime", PRIME)
     assert implicit.exit_code == 0, implicit.output
     assert implicit.stdout[:-1] == sample_text(checkpoint_dir / "newer", 4, 40)
@@ -244,8 +254,8 @@ def test_gru_reset_after_trains_samples_resumes_and_is_counted_by_info(trained, 
     assert "layer0.b'_h" in {w["name"] for w in details["weights"]}
     assert "gru (reset after)" in run_cli("info", run).stdout
     assert len(sample_text(run, 3, 20)) == len(PRIME) + 20
-    resumed = run_cli("train", trained["corpus"], "--steps", "6", "--resume", "--no-xla", "--run-name", "gru",
-                      "--checkpoint-dir", checkpoint_dir, "--quiet", "--no-xla")
+    resumed = run_cli("train", trained["corpus"], "--steps", "6", "--resume", "--no-xla", "--no-histograms",
+                      "--run-name", "gru", "--checkpoint-dir", checkpoint_dir, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert all(layer.cell.reset_after for layer in Run.open(run).load_model("last").recurrent_layers)
 
@@ -319,10 +329,13 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
     """Interrupted at step 4 of 8 and resumed: the same weights, optimizer, curve and learning-rate schedule.
 
     float16: the loss scale and its step counter are among the optimizer's variables saved and restored;
-    bfloat16 and stateful: the carried states, saved as float32, come back exactly.
+    bfloat16 and stateful: the carried states, saved as float32, come back exactly. That case alone logs the
+    TensorBoard histograms (TINY leaves them out), whose gradient from the carried bfloat16 states must not
+    disturb the training either; in the others they would only add seconds of tracing to each of three runs.
     """
     corpus = trained["corpus"]
-    flag = ["--stateful" if stateful else "--no-stateful", "--precision", precision]
+    histograms = "--histograms" if precision == "bfloat16" else "--no-histograms"
+    flag = ["--stateful" if stateful else "--no-stateful", "--precision", precision, histograms]
     split_dir, whole_dir = tmp_path / "split", tmp_path / "whole"
     _interrupted_at_step(4, monkeypatch)
     first = run_cli("train", corpus, *TINY, *flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", split_dir,
@@ -330,7 +343,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained, tmp_path, s
     assert first.exit_code == 130, first.output
     monkeypatch.undo()
     # no --run-name: the newest (only) run in the folder is resumed; no --steps: it keeps its limit of 8
-    resumed = run_cli("train", corpus, "--resume", "--no-xla", "--quiet", "--checkpoint-dir", split_dir)
+    resumed = run_cli("train", corpus, "--resume", "--no-xla", histograms, "--quiet", "--checkpoint-dir", split_dir)
     assert resumed.exit_code == 0, resumed.output
     assert "from step 4" in resumed.stderr
     whole = run_cli("train", corpus, *TINY, *flag, "--steps", "8", "--seed", "3", "--checkpoint-dir", whole_dir,
@@ -370,8 +383,8 @@ def test_plain_resume_finishes_the_saved_limit_with_the_saved_interval(trained, 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["training"]["steps"] = 6  # as if the run, meant for 6 steps, had been stopped at step 4
     config_path.write_text(json.dumps(config), encoding="utf-8")
-    result = run_cli("train", trained["corpus"], "--resume", "--no-xla", "--run-name", "tiny", "--checkpoint-dir",
-                     checkpoint_dir, "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--no-xla", "--no-histograms", "--run-name", "tiny",
+                     "--checkpoint-dir", checkpoint_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert "step 6:" in result.stdout
     assert [record["step"] for record in metrics(checkpoint_dir / "tiny")] == [2, 4, 6]  # --eval-every 2 kept
@@ -381,8 +394,8 @@ def test_resuming_a_finished_run_changes_nothing(trained, tmp_path):
     checkpoint_dir = tmp_path / "checkpoints"
     shutil.copytree(trained["checkpoint_dir"], checkpoint_dir)
     before = last_snapshot(checkpoint_dir / "tiny")
-    result = run_cli("train", trained["corpus"], "--resume", "--no-xla", "--run-name", "tiny", "--checkpoint-dir",
-                     checkpoint_dir, "--quiet")
+    result = run_cli("train", trained["corpus"], "--resume", "--no-xla", "--no-histograms", "--run-name", "tiny",
+                     "--checkpoint-dir", checkpoint_dir, "--quiet")
     assert result.exit_code == 0, result.output
     assert "already reached step 4" in result.stderr and "--steps" in result.stderr
     assert last_snapshot(checkpoint_dir / "tiny") == before

@@ -140,7 +140,7 @@ def test_drop_trains_without_the_missing_characters_and_drops_them_again_on_resu
     child = Run.open(run_copy["checkpoint_dir"] / "child")
     assert child.vocabulary() == Run.open(run_copy["run"]).vocabulary()
     resumed = run_cli("train", corpus, "--resume", "--run-name", "child", "--checkpoint-dir",
-                      run_copy["checkpoint_dir"], "--steps", "3", "--quiet", "--no-xla")
+                      run_copy["checkpoint_dir"], "--steps", "3", "--quiet", "--no-xla", "--no-histograms")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(run_cli("info", child.path, "--json").output)["steps"] == 3
 
@@ -178,7 +178,7 @@ def test_a_run_fine_tuned_on_a_new_source_reaches_its_floor_faster_than_a_fresh_
                                                                                          second.text)
     model = ["--cell", "gru", "--units", "48", "--layers", "1", "--embedding-dim", "8"]
     training = ["--seq-len", "24", "--batch-size", "32", "--learning-rate", "0.01", "--lr-schedule", "constant",
-                "--eval-every", "0", "--quiet", "--no-xla", "--checkpoint-dir", tmp_path / "runs"]
+                "--eval-every", "0", "--quiet", "--no-xla", "--no-histograms", "--checkpoint-dir", tmp_path / "runs"]
     parent = run_cli("train", first_path, *model, *training, "--steps", "400", "--run-name", "parent")
     assert parent.exit_code == 0, parent.output
 

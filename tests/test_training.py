@@ -54,7 +54,8 @@ def test_loss_is_reported_in_nats_and_bits():
             recorded.append(logs)
 
     text = "abcd" * 400
-    config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=3, eval_every=0)
+    config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=3, eval_every=0,
+                            val_fraction=0.0)  # no validation text: the evaluation at the end has nothing to trace
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
     trainer = Trainer(build_model(config, len(vocab)), config, train_ids, val_ids, callbacks=[Record()], xla=False)
@@ -68,9 +69,10 @@ def test_loss_is_reported_in_nats_and_bits():
 
 def test_epochs_set_the_step_limit_and_the_smaller_limit_wins():
     text = "".join(np.random.default_rng(0).choice(list("abcdefgh"), 5000))
-    trainer, progress = train(text, epochs=1, units=8, seq_len=16, batch_size=8)
+    small = dict(units=8, seq_len=16, batch_size=8, val_fraction=0.0)  # no validation text: nothing more to trace
+    trainer, progress = train(text, epochs=1, **small)
     assert progress.step == corpus.steps_per_epoch(len(trainer.train_ids), 16, 8)
-    _, progress = train(text, epochs=1, steps=3, units=8, seq_len=16, batch_size=8)
+    _, progress = train(text, epochs=1, steps=3, **small)
     assert progress.step == 3
 
 
@@ -101,7 +103,7 @@ def test_each_step_applies_the_scheduled_learning_rate(xla):
 
     text = "".join(np.random.default_rng(0).choice(list("abcdefgh"), 3000))
     config = TrainingConfig(num_layers=1, units=8, embedding_dim=4, seq_len=16, batch_size=4, steps=3, eval_every=0,
-                            learning_rate=0.01, clip_norm=0.0)
+                            learning_rate=0.01, clip_norm=0.0, val_fraction=0.0)  # no evaluation to trace
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
     record = Record()
@@ -192,7 +194,7 @@ def test_xla_compiled_training_equals_the_uncompiled_step(cell, mode, fused, lay
 def test_stateful_training_feeds_each_window_the_state_the_previous_window_ended_with():
     text = "".join(np.random.default_rng(1).choice(list("abcdefgh"), 4000))
     config = TrainingConfig(num_layers=2, units=8, embedding_dim=4, seq_len=8, batch_size=4, steps=2,
-                            eval_every=0, stateful=True)
+                            eval_every=0, stateful=True, val_fraction=0.0)  # no evaluation to trace
     vocab = Vocabulary.from_text(text)
     train_ids, val_ids = corpus.split_ids(vocab.encode(text), config.val_fraction, config.seq_len)
     after_first_step = {}
