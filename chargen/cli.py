@@ -892,7 +892,9 @@ def fetch(name, folder, url):
               help="recall: filler characters between a key and its repeat.")
 @click.option("--keys", "num_keys", type=INTEGER, default=4, show_default=True, help="recall: distinct keys.")
 @click.option("--filler-size", type=INTEGER, default=2, show_default=True, help="recall: distinct filler characters.")
-def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, num_keys, filler_size):
+@click.option("--cue", is_flag=True,
+              help="recall: write '=' before each repeated key, so a model knows when to recall it without counting.")
+def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, num_keys, filler_size, cue):
     """Write a synthetic corpus of KIND and print its exact entropy floor."""
     from chargen import synthetic
 
@@ -901,7 +903,8 @@ def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, 
         made = synthetic.markov_source(order=order, alphabet_size=alphabet_size, length=length, seed=seed,
                                        concentration=concentration)
     else:
-        made = synthetic.recall_source(lag=lag, num_keys=num_keys, filler_size=filler_size, length=length, seed=seed)
+        made = synthetic.recall_source(lag=lag, num_keys=num_keys, filler_size=filler_size, length=length, seed=seed,
+                                       cue=cue)
     Path(output).write_text(made.text, encoding="utf-8")
     click.echo(f"wrote {len(made.text):,} characters to {output}: {made.description}")
     click.echo(f"entropy floor: {made.entropy_bits_per_char:.4f} bits per character")
