@@ -727,14 +727,14 @@ def _comma_list(value: str, flag: str, allowed=None, kind=str) -> list:
 
 
 @cli.command()
-@click.option("--cells", default="rnn,lstm", show_default=True, help="Cells, comma-separated (rnn, gru, lstm).")
+@click.option("--cells", default="rnn,gru,lstm", show_default=True, help="Cells, comma-separated (rnn, gru, lstm).")
 @click.option("--modes", default="bptt", show_default=True, help="Training modes, comma-separated.")
 @click.option("--activations", default="tanh", show_default=True,
               help="The SimpleRNN's activations, comma-separated (gated cells run with tanh only).")
 @click.option("--lags", default="5,20", show_default=True,
               help="Filler characters between a recall source's key and its repeat, comma-separated.")
 @click.option("--units", type=INTEGER, default=32, show_default=True, help="Hidden units of every model.")
-@click.option("--steps", type=INTEGER, default=300, show_default=True, help="Training steps per trial.")
+@click.option("--steps", type=INTEGER, default=1500, show_default=True, help="Training steps per trial.")
 @click.option("--time-limit", type=FINITE_FLOAT, metavar="SECONDS",
               help="Also stop each trial after this many seconds.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the sources, weights and windows.")

@@ -105,9 +105,9 @@ def run_trial(trial: Trial, units: int, steps: int | None, seconds: float | None
 
 
 def window_length(lag: int) -> int:
-    """Training windows long enough that most recalls in a window have their key in it too (a window starts
-    from the zero state at a random place, so a recall whose key came before the window cannot be learned)."""
-    return max(64, 4 * (lag + 4))
+    """Training windows of at least two records, so every key and its recall share a window somewhere (a window
+    starts from the zero state at a random place: a recall whose key came before it cannot be learned)."""
+    return max(32, 2 * (lag + 4))
 
 
 def recalled_key_bits(model: CharModel, ids: np.ndarray, cue_id: int, seq_len: int, batch_size: int) -> float:

@@ -140,6 +140,7 @@ def test_the_command_prints_a_row_per_k_and_the_rates(tmp_path):
     [layer] = as_json["layers"]
     assert as_json["mode"] == "teacher-forcing" and layer["spectral_radius"] is None
     assert len(layer["norms"]) == 6 and layer["norms"][0] > 0 and not any(layer["norms"][1:])
+    assert len(layer["cell_norms"]) == 6 and not any(layer["cell_norms"])  # c reaches nothing either
 
 
 def test_the_command_measures_a_trained_run_and_draws_a_plot(trained, tmp_path):
