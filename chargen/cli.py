@@ -742,9 +742,10 @@ def _comma_list(value: str, flag: str, allowed=None, kind=str) -> list:
               help="Also draw the share of the key each trial recalled into this PNG (needs chargen[plot]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, a record per trial.")
 def compare(cells, modes, activations, lags, units, steps, time_limit, seed, plot_path, as_json):
-    """Train a grid of small models on recall sources, one budget each, and print one table.
+    """Train a grid of small models on cued recall sources, one budget each, and print one table.
 
-    Each trial's validation bits per character sits beside the source's floor and its no-memory floor.
+    Each trial's validation bits per character sits beside the source's floor and its no-memory floor, and its
+    bits on the recalled keys (the characters after each '=' cue) say how much of the key it remembers.
     """
     trials_grid = (_comma_list(cells, "--cells", config.CELL_KINDS), _comma_list(modes, "--modes", config.MODES),
                    _comma_list(activations, "--activations", config.ACTIVATIONS),
