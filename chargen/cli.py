@@ -737,11 +737,13 @@ def _comma_list(value: str, flag: str, allowed=None, kind=str) -> list:
 @click.option("--steps", type=INTEGER, default=1500, show_default=True, help="Training steps per trial.")
 @click.option("--time-limit", type=FINITE_FLOAT, metavar="SECONDS",
               help="Also stop each trial after this many seconds.")
+@click.option("--learning-rate", type=FINITE_FLOAT,
+              help="Adam's learning rate in every trial, held constant [default: compare.LEARNING_RATE, 0.01].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the sources, weights and windows.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw the share of the key each trial recalled into this PNG (needs chargen[plot]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, a record per trial.")
-def compare(cells, modes, activations, lags, units, steps, time_limit, seed, plot_path, as_json):
+def compare(cells, modes, activations, lags, units, steps, time_limit, learning_rate, seed, plot_path, as_json):
     """Train a grid of small models on cued recall sources, one budget each, and print one table.
 
     Each trial's validation bits per character sits beside the source's floor and its no-memory floor, and its
@@ -750,16 +752,17 @@ def compare(cells, modes, activations, lags, units, steps, time_limit, seed, plo
     trials_grid = (_comma_list(cells, "--cells", config.CELL_KINDS), _comma_list(modes, "--modes", config.MODES),
                    _comma_list(activations, "--activations", config.ACTIVATIONS),
                    _comma_list(lags, "--lags", kind=int))
-    if units < 1 or steps < 1 or (time_limit is not None and time_limit <= 0):
-        raise ChargenError(f"--units and --steps must be positive, --time-limit too when given. "
-                           f"Received: --units {units}, --steps {steps}, --time-limit {time_limit}")
+    if units < 1 or steps < 1 or any(value is not None and value <= 0 for value in (learning_rate, time_limit)):
+        raise ChargenError(f"--units and --steps must be positive, --learning-rate and --time-limit too when given. "
+                           f"Received: --units {units}, --steps {steps}, --learning-rate {learning_rate}, "
+                           f"--time-limit {time_limit}")
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import compare as comparing
 
     trials = comparing.grid(*trials_grid)
     outcomes = []
     for number, trial in enumerate(trials, 1):
-        outcome = comparing.run_trial(trial, units, steps, time_limit, seed)
+        outcome = comparing.run_trial(trial, units, steps, time_limit, seed, learning_rate or comparing.LEARNING_RATE)
         click.echo(f"[{number}/{len(trials)}] {trial.cell} {trial.mode} {trial.activation} lag {trial.lag}: "
                    f"{outcome.val_bpc:.4f} bits per character in {outcome.seconds:.0f} s", err=True)
         outcomes.append(outcome)
