@@ -91,7 +91,6 @@ def test_a_fresh_simple_rnn_decays_geometrically_at_the_predicted_rate(activatio
     assert layer.predicted_rate == pytest.approx(layer.measured_rate, rel=0.05)
 
 
-@pytest.mark.slow
 def test_the_lstm_keeps_more_gradient_at_long_k_once_the_simple_rnns_units_curve():
     # Keras's initial character vectors lie within +-0.05, where a tanh is nearly linear: a fresh SimpleRNN is an
     # almost orthogonal linear map and keeps nearly all of its gradient (rate 0.99), more than a fresh LSTM, whose
