@@ -735,38 +735,42 @@ def _comma_list(value: str, flag: str, allowed=None, kind=str) -> list:
 
 
 @cli.command()
-@click.option("--cells", default="rnn,lstm", show_default=True, help="Cells, comma-separated (rnn, gru, lstm).")
+@click.option("--cells", default="rnn,gru,lstm", show_default=True, help="Cells, comma-separated (rnn, gru, lstm).")
 @click.option("--modes", default="bptt", show_default=True, help="Training modes, comma-separated.")
 @click.option("--activations", default="tanh", show_default=True,
               help="The SimpleRNN's activations, comma-separated (gated cells run with tanh only).")
 @click.option("--lags", default="5,20", show_default=True,
               help="Filler characters between a recall source's key and its repeat, comma-separated.")
 @click.option("--units", type=INTEGER, default=32, show_default=True, help="Hidden units of every model.")
-@click.option("--steps", type=INTEGER, default=300, show_default=True, help="Training steps per trial.")
+@click.option("--steps", type=INTEGER, default=1500, show_default=True, help="Training steps per trial.")
 @click.option("--time-limit", type=FINITE_FLOAT, metavar="SECONDS",
               help="Also stop each trial after this many seconds.")
+@click.option("--learning-rate", type=FINITE_FLOAT,
+              help="Adam's learning rate in every trial, held constant [default: compare.LEARNING_RATE, 0.01].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the sources, weights and windows.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw the share of the key each trial recalled into this PNG (needs chargen[plot]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, a record per trial.")
-def compare(cells, modes, activations, lags, units, steps, time_limit, seed, plot_path, as_json):
-    """Train a grid of small models on recall sources, one budget each, and print one table.
+def compare(cells, modes, activations, lags, units, steps, time_limit, learning_rate, seed, plot_path, as_json):
+    """Train a grid of small models on cued recall sources, one budget each, and print one table.
 
-    Each trial's validation bits per character sits beside the source's floor and its no-memory floor.
+    Each trial's validation bits per character sits beside the source's floor and its no-memory floor, and its
+    bits on the recalled keys (the characters after each '=' cue) say how much of the key it remembers.
     """
     trials_grid = (_comma_list(cells, "--cells", config.CELL_KINDS), _comma_list(modes, "--modes", config.MODES),
                    _comma_list(activations, "--activations", config.ACTIVATIONS),
                    _comma_list(lags, "--lags", kind=int))
-    if units < 1 or steps < 1 or (time_limit is not None and time_limit <= 0):
-        raise ChargenError(f"--units and --steps must be positive, --time-limit too when given. "
-                           f"Received: --units {units}, --steps {steps}, --time-limit {time_limit}")
+    if units < 1 or steps < 1 or any(value is not None and value <= 0 for value in (learning_rate, time_limit)):
+        raise ChargenError(f"--units and --steps must be positive, --learning-rate and --time-limit too when given. "
+                           f"Received: --units {units}, --steps {steps}, --learning-rate {learning_rate}, "
+                           f"--time-limit {time_limit}")
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
     from chargen import compare as comparing
 
     trials = comparing.grid(*trials_grid)
     outcomes = []
     for number, trial in enumerate(trials, 1):
-        outcome = comparing.run_trial(trial, units, steps, time_limit, seed)
+        outcome = comparing.run_trial(trial, units, steps, time_limit, seed, learning_rate or comparing.LEARNING_RATE)
         click.echo(f"[{number}/{len(trials)}] {trial.cell} {trial.mode} {trial.activation} lag {trial.lag}: "
                    f"{outcome.val_bpc:.4f} bits per character in {outcome.seconds:.0f} s", err=True)
         outcomes.append(outcome)
@@ -900,7 +904,9 @@ def fetch(name, folder, url):
               help="recall: filler characters between a key and its repeat.")
 @click.option("--keys", "num_keys", type=INTEGER, default=4, show_default=True, help="recall: distinct keys.")
 @click.option("--filler-size", type=INTEGER, default=2, show_default=True, help="recall: distinct filler characters.")
-def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, num_keys, filler_size):
+@click.option("--cue", is_flag=True,
+              help="recall: write '=' before each repeated key, so a model knows when to recall it without counting.")
+def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, num_keys, filler_size, cue):
     """Write a synthetic corpus of KIND and print its exact entropy floor."""
     from chargen import synthetic
 
@@ -909,7 +915,8 @@ def synth(kind, output, length, seed, order, alphabet_size, concentration, lag, 
         made = synthetic.markov_source(order=order, alphabet_size=alphabet_size, length=length, seed=seed,
                                        concentration=concentration)
     else:
-        made = synthetic.recall_source(lag=lag, num_keys=num_keys, filler_size=filler_size, length=length, seed=seed)
+        made = synthetic.recall_source(lag=lag, num_keys=num_keys, filler_size=filler_size, length=length, seed=seed,
+                                       cue=cue)
     Path(output).write_text(made.text, encoding="utf-8")
     click.echo(f"wrote {len(made.text):,} characters to {output}: {made.description}")
     click.echo(f"entropy floor: {made.entropy_bits_per_char:.4f} bits per character")

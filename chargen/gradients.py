@@ -42,6 +42,7 @@ class LayerGradients:
     norms: np.ndarray  # float64[window]: mean over the windows of |dL_T / dh_{T-k}|, k = 0 .. window - 1
     spectral_radius: float | None  # SimpleRNN: the largest |eigenvalue| of W_hh; None for a gated cell
     mean_slope: float | None  # SimpleRNN: act'(a) averaged over units, steps and windows
+    cell_norms: np.ndarray | None = None  # LSTM: mean |dL_T / dc_{T-k}| along the carried cell state; 0 at k = 0
 
     @property
     def predicted_rate(self) -> float | None:
@@ -77,6 +78,7 @@ class GradientReport:
             "model": self.model, "cell": self.cell, "activation": self.activation, "mode": self.mode,
             "windows": self.windows, "window": self.window, "text": self.text,
             "layers": [{"norms": layer.norms.tolist(), "ratios": layer.ratios().tolist(),
+                        "cell_norms": None if layer.cell_norms is None else layer.cell_norms.tolist(),
                         "spectral_radius": layer.spectral_radius, "mean_slope": layer.mean_slope,
                         "predicted_rate": layer.predicted_rate, "measured_rate": layer.measured_rate}
                        for layer in self.layers],
@@ -115,39 +117,49 @@ def fresh_model(vocab_size: int, seed: int, **model_arguments) -> CharModel:
 
 
 def measure(model: CharModel, windows: np.ndarray, through_time: bool) -> list[LayerGradients]:
-    """Each layer's mean |dL_T / dh_{T-k}| over `windows` `(n, window + 1)`, L_T the cross-entropy at the last step.
+    """Each layer's mean |dL_T / dh_{T-k}| over `windows` `(n, window + 1)`, L_T the cross-entropy at the last step;
+    for an LSTM also |dL_T / dc_{T-k}|, the gradient reaching the cell state along the state carried forward.
 
     h_{T-k} reaches the loss two ways: as the layer's output at that step (to the layer above, or the logits
     at k = 0) and as the state entering the next step. A zero probe is added to both, and the gradient with
     respect to the probe is the gradient with respect to h through every way it is used, whatever tensors
-    the loop hands out for the two.
+    the loop hands out for the two. The LSTM's c_{T-k} gets its own probe where it enters step T-k+1: the
+    gradient there is what the cell-state path carries back (zero at k = 0, whose c no later step reads).
     """
     model = model.with_precision("float32")
     inputs, target = tf.constant(windows[:, :-1], tf.int32), tf.constant(windows[:, -1], tf.int32)
     generic = [Recurrent(layer.cell, fused=False) for layer in model.recurrent_layers]
     steps, batch = inputs.shape[1], inputs.shape[0]
-    probes = [[tf.zeros((batch, layer.cell.units)) for _ in range(steps)] for layer in generic]
+    # per layer, per step, one zero probe per state entry: h, and the LSTM's c
+    probes = [[[tf.zeros((batch, layer.cell.units)) for _ in range(layer.cell.num_states)] for _ in range(steps)]
+              for layer in generic]
     hidden = [[] for _ in generic]  # per layer, per step: h (n, units)
     with tf.GradientTape(persistent=True) as tape:
-        tape.watch([probe for layer in probes for probe in layer])
+        tape.watch(tf.nest.flatten(probes))
         x = model.embedding(inputs)  # (n, window, embedding_dim)
         states = model.initial_states(batch)
         for t in range(steps):
             below = x[:, t:t + 1]  # (n, 1, features)
             for index, layer in enumerate(generic):
                 below, (h, *rest) = layer(below, initial_state=states[index], through_time=through_time)
-                probe = probes[index][t]
-                below, states[index] = below + probe[:, None], [h + probe, *rest]
+                h_probe, *rest_probes = probes[index][t]
+                below = below + h_probe[:, None]
+                states[index] = [h + h_probe, *(state + probe for state, probe in zip(rest, rest_probes))]
                 hidden[index].append(h)
         logits = model.head(below[:, 0])  # (n, vocab)
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(target, logits, from_logits=True))
     layers = []
     for index, layer in enumerate(model.recurrent_layers):
         found = tape.gradient(loss, probes[index], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        norms = np.array([np.linalg.norm(g.numpy().astype(np.float64), axis=-1).mean() for g in found])[::-1]
+        norms = [_mean_norms([step[entry] for step in found]) for entry in range(layer.cell.num_states)]
         radius, slope = _simple_rnn_prediction(layer.cell, np.stack([h.numpy() for h in hidden[index]]))
-        layers.append(LayerGradients(norms, radius, slope))
+        layers.append(LayerGradients(norms[0], radius, slope, cell_norms=norms[1] if len(norms) > 1 else None))
     return layers
+
+
+def _mean_norms(gradients: list) -> np.ndarray:
+    """Per step, the mean over the windows of each gradient's norm, reversed so that index k is T-k."""
+    return np.array([np.linalg.norm(g.numpy().astype(np.float64), axis=-1).mean() for g in gradients])[::-1]
 
 
 def _simple_rnn_prediction(cell, h: np.ndarray) -> tuple[float | None, float | None]:
@@ -160,22 +172,36 @@ def _simple_rnn_prediction(cell, h: np.ndarray) -> tuple[float | None, float | N
 
 
 def format_table(report: GradientReport) -> str:
-    """The report as text: a row per k with each layer's norm and its ratio to k = 0, then the rates."""
+    """The report as text: a row per k with each layer's norm and its ratio to k = 0 (and, for an LSTM, the norm
+    along its cell state), then the rates."""
     lines = [f"|dL_T / dh_(T-k)|: the gradient of the loss at a window's last step with respect to the hidden "
              f"state k steps earlier, mean over {report.windows} windows of {report.window} characters of "
-             f"{report.text}; {report.model}, {report.mode}",
-             "    k" + "".join(f"  {f'layer{i} norm':>12}  {'ratio':>9}" for i in range(len(report.layers)))]
+             f"{report.text}; {report.model}, {report.mode}"]
+    header = "    k"
+    for index, layer in enumerate(report.layers):
+        header += f"  {f'layer{index} norm':>12}  {'ratio':>9}"
+        if layer.cell_norms is not None:
+            header += f"  {f'layer{index} c norm':>14}"
+    lines.append(header)
     ratios = [layer.ratios() for layer in report.layers]
     for k in range(report.window):
-        lines.append(f"{k:5d}" + "".join(f"  {layer.norms[k]:12.4e}  {ratio[k]:9.3e}"
-                                          for layer, ratio in zip(report.layers, ratios)))
+        row = f"{k:5d}"
+        for layer, ratio in zip(report.layers, ratios):
+            row += f"  {layer.norms[k]:12.4e}  {ratio[k]:9.3e}"
+            if layer.cell_norms is not None:
+                row += f"  {layer.cell_norms[k]:14.4e}"
+        lines.append(row)
     for index, layer in enumerate(report.layers):
         line = f"layer{index}: measured rate {layer.measured_rate:.4f} per step (fit of log norm over k >= 1)"
         if layer.predicted_rate is not None:
             line += (f"; spectral radius of W_hh {layer.spectral_radius:.4f} x mean slope of {report.activation} "
                      f"{layer.mean_slope:.4f} (mean of {SLOPES[report.activation][1]}) = predicted "
                      f"{layer.predicted_rate:.4f}")
+        if layer.cell_norms is not None:
+            line += f"; along the cell state c {fitted_rate(layer.cell_norms):.4f}"
         lines.append(line)
+    if any(layer.cell_norms is not None for layer in report.layers):
+        lines.append("c norm: |dL_T / dc_(T-k)| along the cell state carried into step T-k+1 (none at k = 0)")
     return "\n".join(lines)
 
 

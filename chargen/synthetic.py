@@ -7,7 +7,8 @@ the two says how much a model has left to learn. Two kinds of source:
   distribution over contexts times each context's conditional entropy), not estimated from the text.
 - `recall_source`: records `KEY filler KEY\\n`. The second key repeats the first after `lag` characters,
   so only a model that remembers across `lag` characters reaches the floor; `no_recall_bits_per_char`
-  is what a model that cannot remember gets at best.
+  is what a model that cannot remember gets at best. With `cue=True` a `=` before the second key says
+  when to recall it, so a model need not count the filler to know when to answer.
 
 numpy only, and every random draw comes from one `numpy.random.Generator` seeded by `seed`.
 """
@@ -25,6 +26,7 @@ MARKOV_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 RECALL_KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 RECALL_FILLER = "abcdefghijklmnopqrstuvwxyz"
 RECALL_TERMINATOR = "\n"
+RECALL_CUE = "="
 
 # A chain's stationary distribution is found by a dense linear solve over its contexts; this bounds
 # that solve at about two seconds and 130 MB on a 2-core CPU (e.g. order 3 over 16 symbols, order 6 over 4).
@@ -168,7 +170,8 @@ def markov_source(
     return SyntheticCorpus(text=text, entropy_bits_per_char=entropy, description=description)
 
 
-def recall_source(lag: int, num_keys: int, filler_size: int, length: int, seed: int) -> SyntheticCorpus:
+def recall_source(lag: int, num_keys: int, filler_size: int, length: int, seed: int,
+                  cue: bool = False) -> SyntheticCorpus:
     """Records `KEY + lag filler characters + KEY + newline`: the second key must be recalled across `lag`.
 
     Keys are uniform over the first `num_keys` uppercase letters, filler uniform over the first
@@ -177,13 +180,22 @@ def recall_source(lag: int, num_keys: int, filler_size: int, length: int, seed: 
     (log2 num_keys + lag * log2 filler_size) / (lag + 3). A model that cannot carry the key across the
     filler must guess it uniformly and pays log2 num_keys more per record: `no_recall_bits_per_char`.
 
+    Both floors assume the model knows where the second key falls. Without a cue that takes counting
+    `lag` filler characters, itself a dependency as long as the recall. `cue=True` writes `=` between the
+    filler and the second key (`KEY + filler + = + KEY + newline`, lag + 4 characters): the cue is as
+    certain as the newline, so it adds no information and the floors are the same sums over lag + 4, but
+    a model that has not learned to count pays for the cue's position alone and still knows, once the cue
+    is read, that the key comes next.
+
     Args:
-        lag: filler characters between the key and its repeat (the dependency spans lag + 1 characters).
+        lag: filler characters between the key and its repeat (the dependency spans lag + 1 characters,
+            lag + 2 with the cue).
         num_keys: 2 to 26 keys ("A", "B", ...).
         filler_size: 1 to 26 filler characters ("a", "b", ...).
         length: characters wanted; the text holds whole records only, so it is cut down to a multiple
-            of lag + 3 (and needs at least one record).
+            of the record's length, lag + 3 (lag + 4 with the cue), and needs at least one record.
         seed: seeds the text.
+        cue: write `RECALL_CUE` before each recalled key.
 
     Example:
         >>> corpus = recall_source(lag=20, num_keys=8, filler_size=4, length=23_000, seed=0)
@@ -191,6 +203,8 @@ def recall_source(lag: int, num_keys: int, filler_size: int, length: int, seed: 
         'GcaadbdabcabbaaddcdbdG\\n'
         >>> round(corpus.entropy_bits_per_char, 6), corpus.no_recall_bits_per_char
         (1.869565, 2.0)
+        >>> recall_source(lag=20, num_keys=8, filler_size=4, length=24_000, seed=0, cue=True).text[:24]
+        'Gcaadbdabcabbaaddcdbd=G\\n'
     """
     if lag < 1:
         raise ChargenError(f"lag must be at least 1. Received: lag={lag}")
@@ -200,25 +214,28 @@ def recall_source(lag: int, num_keys: int, filler_size: int, length: int, seed: 
         raise ChargenError(f"filler_size must be between 1 and {len(RECALL_FILLER)}. "
                            f"Received: filler_size={filler_size}")
     _check_length(length)
-    record_length = lag + 3
+    record_length = lag + 3 + cue
     num_records = length // record_length
     if num_records == 0:
-        raise ChargenError(f"length must hold at least one record of lag + 3 = {record_length} characters. "
-                           f"Received: length={length}")
+        raise ChargenError(f"length must hold at least one record of lag + {3 + cue} = {record_length} "
+                           f"characters. Received: length={length}")
     rng = np.random.default_rng(seed)
     key_codes = np.frombuffer(RECALL_KEYS[:num_keys].encode("ascii"), dtype=np.uint8)
     filler_codes = np.frombuffer(RECALL_FILLER[:filler_size].encode("ascii"), dtype=np.uint8)
     keys = key_codes[rng.integers(num_keys, size=num_records)]  # [R]
-    records = np.empty((num_records, record_length), dtype=np.uint8)  # [R, lag + 3]
+    records = np.empty((num_records, record_length), dtype=np.uint8)  # [R, record_length]
     records[:, 0] = keys
     records[:, 1:lag + 1] = filler_codes[rng.integers(filler_size, size=(num_records, lag))]
-    records[:, lag + 1] = keys
-    records[:, lag + 2] = ord(RECALL_TERMINATOR)
+    if cue:
+        records[:, lag + 1] = ord(RECALL_CUE)
+    records[:, -2] = keys
+    records[:, -1] = ord(RECALL_TERMINATOR)
     text = records.tobytes().decode("ascii")
 
     entropy = (np.log2(num_keys) + lag * np.log2(filler_size)) / record_length
     no_recall = entropy + np.log2(num_keys) / record_length
-    description = (f"recall source: {num_keys} keys, {lag} filler characters from {filler_size}, seed {seed}: "
+    description = (f"recall source: {num_keys} keys, {lag} filler characters from {filler_size}"
+                   f"{', a cue before the recall' if cue else ''}, seed {seed}: "
                    f"entropy rate {entropy:.6f} bits/char, {no_recall:.6f} without recalling the key")
     return SyntheticCorpus(text=text, entropy_bits_per_char=float(entropy), description=description,
                            no_recall_bits_per_char=float(no_recall))

@@ -415,6 +415,10 @@ def test_corpus_synth_recall(tmp_path):
     assert all(record[0] == record[-1] and len(record) == 6 for record in text.splitlines())
     assert _floor(result.output) == pytest.approx((2 + 4 * 1) / 7, abs=1e-4)  # 4 keys, 2 fillers, lag 4
     assert "bits per character" in result.output
+    cued = run_cli("corpus", "synth", "recall", "--output", out, "--length", "2000", "--seed", "1", "--lag", "4",
+                   "--cue")
+    assert all(record[-2:-1] == "=" and len(record) == 7 for record in out.read_text(encoding="utf-8").splitlines())
+    assert _floor(cued.output) == pytest.approx((2 + 4 * 1) / 8, abs=1e-4) and "a cue before the recall" in cued.output
 
 
 def test_corpus_synth_needs_an_output():

@@ -8,6 +8,7 @@ import pytest
 from chargen.errors import ChargenError
 from chargen.synthetic import (
     MARKOV_ALPHABET,
+    RECALL_CUE,
     RECALL_FILLER,
     RECALL_KEYS,
     markov_entropy_rate,
@@ -103,17 +104,36 @@ def test_recall_records_repeat_the_key_after_exactly_lag_filler_characters():
     assert {record[0] for record in records[:-1]} == set(RECALL_KEYS[:num_keys])
 
 
+def test_a_cued_record_puts_the_cue_between_the_filler_and_the_recalled_key():
+    lag, num_keys, filler_size = 7, 3, 2
+    corpus = recall_source(lag, num_keys, filler_size, length=11 * 50 + 10, seed=3, cue=True)
+    assert len(corpus.text) == 11 * 50  # whole records of lag + 4
+    for record in corpus.text.split("\n")[:-1]:
+        key, filler, cue, recalled = record[0], record[1:lag + 1], record[lag + 1], record[lag + 2:]
+        assert cue == RECALL_CUE and recalled == key and key in RECALL_KEYS[:num_keys]
+        assert len(filler) == lag and set(filler) <= set(RECALL_FILLER[:filler_size])
+    # The same draws as without the cue: only the cue is added.
+    plain = recall_source(lag, num_keys, filler_size, length=10 * 50, seed=3)
+    assert corpus.text.replace(RECALL_CUE, "") == plain.text
+
+
 def test_recall_floor_by_hand():
     # Per record of 2 + 3 = 5 characters: a key from 4 (2 bits) and 2 filler characters from 2 (1 bit each).
     corpus = recall_source(lag=2, num_keys=4, filler_size=2, length=50, seed=0)
     assert corpus.entropy_bits_per_char == pytest.approx(4 / 5)
     assert corpus.no_recall_bits_per_char == pytest.approx(4 / 5 + 2 / 5)
+    # The cue is as certain as the newline: the same 4 bits, now over 6 characters.
+    cued = recall_source(lag=2, num_keys=4, filler_size=2, length=60, seed=0, cue=True)
+    assert cued.entropy_bits_per_char == pytest.approx(4 / 6)
+    assert cued.no_recall_bits_per_char == pytest.approx(4 / 6 + 2 / 6)
 
 
-def test_recall_floor_matches_the_information_counted_in_a_sample():
+@pytest.mark.parametrize("cue", [False, True])
+def test_recall_floor_matches_the_information_counted_in_a_sample(cue):
     lag, num_keys, filler_size = 6, 8, 4
-    corpus = recall_source(lag, num_keys, filler_size, length=90_000, seed=2)
-    records = np.frombuffer(corpus.text.encode("ascii"), np.uint8).reshape(-1, lag + 3)  # [R, lag + 3]
+    corpus = recall_source(lag, num_keys, filler_size, length=90_000, seed=2, cue=cue)
+    record_length = lag + 3 + cue
+    records = np.frombuffer(corpus.text.encode("ascii"), np.uint8).reshape(-1, record_length)  # [R, record_length]
 
     def entropy(column_values, size):
         frequencies = np.bincount(column_values.ravel(), minlength=256)[:256] / column_values.size
@@ -122,7 +142,9 @@ def test_recall_floor_matches_the_information_counted_in_a_sample():
         return float(-(frequencies * np.log2(frequencies)).sum())
 
     bits_per_record = entropy(records[:, 0], num_keys) + lag * entropy(records[:, 1:lag + 1], filler_size)
-    assert bits_per_record / (lag + 3) == pytest.approx(corpus.entropy_bits_per_char, abs=0.01)
+    assert bits_per_record / record_length == pytest.approx(corpus.entropy_bits_per_char, abs=0.01)
+    # Everything after the filler is determined by the record's first key: no information of its own.
+    assert np.all(records[:, -2] == records[:, 0]) and len(np.unique(records[:, lag + 1:-2])) == int(cue)
 
 
 def test_recall_is_a_function_of_the_seed():
@@ -133,6 +155,8 @@ def test_recall_is_a_function_of_the_seed():
 def test_recall_refuses_bad_parameters():
     with pytest.raises(ChargenError, match="at least one record of lag \\+ 3 = 13"):
         recall_source(lag=10, num_keys=4, filler_size=4, length=12, seed=0)
+    with pytest.raises(ChargenError, match="at least one record of lag \\+ 4 = 14"):
+        recall_source(lag=10, num_keys=4, filler_size=4, length=13, seed=0, cue=True)
     with pytest.raises(ChargenError, match="Received: num_keys=1"):
         recall_source(lag=10, num_keys=1, filler_size=4, length=100, seed=0)
     with pytest.raises(ChargenError, match="Received: lag=0"):
