@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", choices=SECTIONS, default=[],
                         help="leave a section out (repeatable)")
     parser.add_argument("--cells", default="rnn,gru,lstm", help="cells for the training figures, comma-separated")
+    parser.add_argument("--layers", type=int, help="recurrent layers for the training figures (default: 2)")
     parser.add_argument("--no-other-blas", action="store_true",
                         help=f"do not repeat the generation figures with {BLAS_VARIABLE} toggled")
     parser.add_argument("--output", type=Path, help="JSON file to write (default: bench/results/bench-<time>.json)")
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("Training throughput ...")
         cells = [c.strip() for c in arguments.cells.split(",") if c.strip()]
-        results["training"] = training_speed.run(arguments.quick, cells=cells, log=log)
+        results["training"] = training_speed.run(arguments.quick, cells=cells, layers=arguments.layers, log=log)
         print_training(results["training"])
     if "quality" not in arguments.skip:
         from bench import quality

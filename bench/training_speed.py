@@ -162,8 +162,8 @@ def measure_cell(cell: str, size: dict, log=print) -> dict:
     return rows
 
 
-def run(quick: bool, cells=CELLS, log=print) -> dict:
-    size = sizes(quick)
+def run(quick: bool, cells=CELLS, layers: int | None = None, log=print) -> dict:
+    size = sizes(quick) | ({"layers": layers} if layers else {})
     rows = []
     for cell in cells:
         rows.extend(measure_cell(cell, size, log))
