@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import threading
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,6 +28,21 @@ def write_corpus(path: Path, words: int = 900, seed: int = 0) -> Path:
     lines = [" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(words // 10)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def signal_after_first_snapshot(run: Path, signum: int) -> threading.Thread:
+    """A started thread that sends `signum` to this process once `run` has saved its first snapshot, as a
+    user's Ctrl-C or a scheduler's SIGTERM would arrive during a training run in this process."""
+
+    def send():
+        deadline = time.monotonic() + 120
+        while not (run / "pointers.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signum)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
 
 
 def run_cli(*args, **kwargs):

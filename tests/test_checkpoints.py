@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from chargen.errors import ChargenError  # noqa: E402
 from chargen.model import CharModel  # noqa: E402
 from chargen.vocab import Vocabulary  # noqa: E402
 
-from helpers import TINY, run_cli, write_corpus  # noqa: E402
+from helpers import TINY, run_cli, signal_after_first_snapshot, write_corpus  # noqa: E402
 
 VOCAB = Vocabulary.from_text("abcde \n")
 CONFIG = {"training": {"cell": "gru", "num_layers": 1, "units": 4, "embedding_dim": 3}}
@@ -489,14 +488,7 @@ def test_ctrl_c_saves_exits_130_and_tells_how_to_resume(tmp_path):
     corpus.write_bytes(("café crème brûlée " * 300).encode("latin-1"))
     run = folder / "ck" / "interrupted"
 
-    def press_ctrl_c_after_the_first_snapshot():
-        deadline = time.monotonic() + 120
-        while not (run / "pointers.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    presser = threading.Thread(target=press_ctrl_c_after_the_first_snapshot, daemon=True)
-    presser.start()
+    presser = signal_after_first_snapshot(run, signal.SIGINT)
     result = run_cli("train", corpus, *TINY, "--encoding", "latin-1", "--steps", "100000", "--eval-every", "3",
                      "--time-limit", "120", "--checkpoint-dir", run.parent, "--run-name", run.name)
     presser.join()

@@ -12,8 +12,6 @@ import math
 import os
 import re
 import signal
-import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,7 +23,7 @@ from chargen.config import TrainingConfig
 from chargen.errors import ChargenError
 from chargen.training import Callback, Trainer, TrainingDiverged, build_model
 
-from helpers import TINY, assert_user_error, run_cli, write_corpus
+from helpers import TINY, assert_user_error, run_cli, signal_after_first_snapshot, write_corpus
 
 LEAN = ["--no-histograms", "--preview-length", "0"]  # nothing these tests look at: spare the time
 
@@ -166,15 +164,8 @@ def test_sigterm_stops_training_at_a_step_it_saves_and_exits_143(tmp_path):
     corpus = write_corpus(tmp_path / "words.txt")
     run = tmp_path / "ck" / "terminated"
 
-    def send_sigterm_after_the_first_snapshot():
-        deadline = time.monotonic() + 120
-        while not (run / "pointers.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)
-
     before = signal.getsignal(signal.SIGTERM)
-    sender = threading.Thread(target=send_sigterm_after_the_first_snapshot, daemon=True)
-    sender.start()
+    sender = signal_after_first_snapshot(run, signal.SIGTERM)
     result = run_cli("train", corpus, *TINY, *LEAN, "--steps", "100000", "--eval-every", "3", "--time-limit", "120",
                      "--checkpoint-dir", run.parent, "--run-name", run.name)
     sender.join()
