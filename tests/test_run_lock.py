@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -78,6 +79,14 @@ def start_writer(run_path, mode: str) -> subprocess.Popen:
     return writer
 
 
+def wait_for_a_save_after(run_path, step: int, timeout: float = 60.0) -> None:
+    """Pace the readers on the writer rather than on the clock: a loaded CI machine may save slowly."""
+    deadline = time.monotonic() + timeout
+    while Run.open(run_path).load_progress("last")["step"] <= step:
+        assert time.monotonic() < deadline, f"the writer saved nothing after step {step} in {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 def kill(writer: subprocess.Popen) -> None:
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=10)
@@ -118,11 +127,12 @@ def test_readers_never_fail_while_a_writer_saves_continually(run_copy):
             if round == 1:  # eval traces a new TensorFlow function each time: once is enough
                 evaluated = run_cli("eval", run, corpus, "--json")
                 assert evaluated.exit_code == 0, evaluated.output
+            wait_for_a_save_after(run, steps[-1])  # each round reads while saves go on, however loaded the machine
         assert writer.poll() is None, "the writer stopped"
     finally:
         kill(writer)
     assert len(outputs) == 1  # every snapshot holds the same model: one text, never a damaged read
-    assert steps == sorted(steps) and steps[-1] - first_step > 10, steps  # the writer really saved, many times
+    assert steps == sorted(steps) and len(set(steps) - {first_step}) >= READER_ROUNDS - 1, steps  # reads raced saves
     assert run_cli("sample", run, "--length", "5").exit_code == 0  # killed mid-save, the run still reads
 
 
