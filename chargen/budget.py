@@ -70,6 +70,18 @@ def check_training(config: TrainingConfig, vocab_size: int) -> None:
             "lower --units, --layers, --embedding-dim, --batch-size or --seq-len")
 
 
+def check_recorded_model(config: TrainingConfig, vocab_size: int, run_path) -> None:
+    """Refuse a run whose config.json records a model no machine could have trained: the file is damaged.
+
+    Without this, `chargen info` would list the weights of, say, 10**18 layers one by one, forever.
+    """
+    weights = parameter_count(config, vocab_size) * FLOAT_BYTES
+    if weights > machine_bytes():
+        raise ChargenError(f"run {run_path} has a config.json that records a model of {_size(weights)} of weights "
+                           f"({config.num_layers:,} layers of {config.units:,} units), more than this machine's "
+                           "memory; the file is damaged: restore it or delete the run")
+
+
 def check_generation(length: int, num_samples: int, prime_length: int = 0) -> None:
     """Refuse a generation whose ids and text cannot be held (they are kept whole, to cut at --stop)."""
     require((prime_length + length) * num_samples * GENERATION_BYTES_PER_CHAR,

@@ -43,6 +43,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from chargen import budget
 from chargen.atomic import TEMPORARY_PREFIX, atomic_folder, atomic_write_text
 from chargen.config import TrainingConfig
 from chargen.distribution import this_process_writes
@@ -158,12 +159,13 @@ class Run:
         if not isinstance(config.get("training"), dict):
             raise ChargenError(f"run {path} has a damaged config (config.json has no \"training\" object); "
                                "delete the run or restore the file")
-        TrainingConfig.from_saved(config["training"])  # every field's type and range, named if wrong
+        training = TrainingConfig.from_saved(config["training"])  # every field's type and range, named if wrong
         vocab_size = config.get("vocab_size")
         if vocab_size is not None and vocab_size != len(run.vocabulary()):
             raise ChargenError(f"run {path} has config.json field vocab_size = {vocab_size!r} but its vocab.json "
                                f"holds {len(run.vocabulary())} characters; a file is damaged: restore it or delete "
                                "the run")
+        budget.check_recorded_model(training, len(run.vocabulary()), path)
         return run
 
     @property

@@ -132,6 +132,8 @@ def _edit_json(path: Path, change) -> None:
     ("config.json", lambda c: c["training"].update(colour="blue"), ["config.json", "training.colour"]),
     ("config.json", lambda c: c.update(format_version="1"), ["config.json", "format_version"]),
     ("config.json", lambda c: c.update(vocab_size=3), ["vocab_size = 3", "vocab.json"]),
+    ("config.json", lambda c: c["training"].update(num_layers=10**18),
+     ["config.json", "1,000,000,000,000,000,000 layers", "more than this machine's memory"]),
     ("vocab.json", lambda v: v.update(chars=["a", "b", "a"]), ["vocab.json", "distinct", "'a'"]),
     ("vocab.json", lambda v: v.update(chars=["a", "bc"]), ["vocab.json", "entry 1", "'bc'"]),
     ("vocab.json", lambda v: v.update(chars=["a", 7]), ["vocab.json", "entry 1", "7"]),
