@@ -12,7 +12,10 @@ weights, since speed does not depend on what the weights learned. Measured here:
   in one TensorFlow graph, plain and compiled by XLA (sampling with `tf.random.categorical`, so no
   plugin could run there);
 - the cost of each built-in strategy per step at batch 1 and 64 (beam: per generated character,
-  with a stub network, so only the strategy's own work is counted).
+  with a stub network, so only the strategy's own work is counted);
+- with lower precisions asked for (`precisions`), the `TensorFlowStepper` step (what `chargen sample
+  --precision bfloat16` runs) in each of them and in float32, at batch 1 and 64, against the float32
+  matrix-product ceiling and the numpy step.
 
 Run alone for the figures under another BLAS setting: `python -m bench.generation_speed --child`
 prints the generate and stepper figures as JSON (bench/run.py does this with OPENBLAS_CORETYPE
@@ -32,6 +35,7 @@ import numpy as np
 from bench.common import blas_setting, quiet_tensorflow, summary, time_once
 
 TARGETS = {1: 5_000, 64: 30_000}  # characters per second, from the issue
+LOWER_PRECISION_TARGET = {64: 1.5}  # issue 9: a lower-precision step at batch 64, in float32 ceilings
 VOCAB_SIZE, LAYERS, UNITS, EMBEDDING = 65, 2, 512, 64
 BUILTIN_STRATEGIES = ("greedy", "random", "top-k", "top-p", "min-p", "typical", "beam")
 
@@ -137,6 +141,26 @@ def measure_product_ceiling(stepper, batch: int, steps: int, repeats: int) -> di
             "microseconds_per_step": timing["median"] * 1e6, "seconds_per_step": timing,
             "chars_per_second": batch / timing["median"], "best_chars_per_second": batch / timing["min"],
             "gigabytes_per_second": megabytes / 1e3 / timing["median"], "gflops": flops / 1e9 / timing["median"]}
+
+
+def measure_precision_steps(model, precisions, ceiling: dict, numpy_step: dict, size: dict,
+                            batches=(1, 64)) -> dict:
+    """The TensorFlow engine's step in float32 and in each lower precision of `precisions`, per batch, as a
+    multiple of the float32 matrix-product ceiling (`ceiling`, per batch as a string) and of the numpy step."""
+    from chargen.generation import TensorFlowStepper, make_stepper
+
+    result = {}
+    for precision in ["float32", *(p for p in precisions if p != "float32")]:
+        stepper = TensorFlowStepper(model) if precision == "float32" else make_stepper(model, precision)
+        result[precision] = {}
+        for batch in batches:
+            figure = measure_stepper(stepper, batch, size[f"function_steps_{batch}"], size["repeats"])
+            ceiling_rate = ceiling[str(batch)].get("chars_per_second")
+            figure["ratio_to_float32_ceiling"] = figure["chars_per_second"] / ceiling_rate if ceiling_rate else None
+            figure["ratio_to_numpy_step"] = figure["chars_per_second"] / numpy_step[str(batch)]["chars_per_second"]
+            figure["target"] = LOWER_PRECISION_TARGET.get(batch) if precision != "float32" else None
+            result[precision][str(batch)] = figure
+    return result
 
 
 def measure_keras_eager(model, vocab, batch: int, steps: int) -> dict:
@@ -302,8 +326,9 @@ def stepper_figures(quick: bool) -> dict:
     }
 
 
-def run(quick: bool, log=print) -> dict:
-    """Every generation figure, in this process's BLAS setting."""
+def run(quick: bool, log=print, precisions=("float32",)) -> dict:
+    """Every generation figure, in this process's BLAS setting; the TensorFlow engine's rows per precision
+    when `precisions` holds a lower one."""
     from chargen.generation import NumpyStepper
 
     size = sizes(quick)
@@ -324,6 +349,10 @@ def run(quick: bool, log=print) -> dict:
     result["product_ceiling"] = {
         str(b): measure_product_ceiling(stepper, b, 200 if b == 1 else 30, size["repeats"]) for b in (1, 64)
     }
+    if any(precision != "float32" for precision in precisions):
+        log(f"  the TensorFlow engine's step in float32 and {', '.join(p for p in precisions if p != 'float32')} ...")
+        result["precision_steps"] = measure_precision_steps(model, precisions, result["product_ceiling"],
+                                                            result["step"], size)
     log("  Keras model per character, tf.function step per character ...")
     result["keras_eager"] = {str(b): measure_keras_eager(model, vocab, b, size["keras_steps"]) for b in (1, 64)}
     result["tf_function_step"] = {

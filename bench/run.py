@@ -75,26 +75,41 @@ def print_machine(info: dict) -> None:
               f"Python {info['python']}")
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def print_training(result: dict) -> None:
     size = result["sizes"]
+    peaks = result.get("peaks", {})
+    lower = len(result.get("precisions", ["float32"])) > 1
     rows = []
     for row in result["rows"]:
         timing = row["seconds_per_step"]
+        fraction = row.get("peak_fraction")
         rows.append([
             row["cell"], row["variant"], format_number(row["chars_per_second"]),
             format_number(timing["median"] * 1000), f"{timing['min'] * 1000:,.0f}-{timing['max'] * 1000:,.0f}",
-            f"{row['ratio_to_keras']:.2f}x", f"{row['ratio_to_faster_keras']:.2f}x",
+            _ratio(row["ratio_to_keras"]), _ratio(row["ratio_to_faster_keras"]),
+            *([_ratio(row.get("ratio_to_float32"))] if lower else []),
+            "-" if fraction is None else f"{100 * fraction:.0f}%",
             format_number(row["compile_seconds"], 1), format_number(row["parameters"]),
         ])
+    peak_note = "; ".join(f"{p} {peak['gflops']:,.0f} GFLOP/s" for p, peak in peaks.items())
+    shape = " x ".join(map(str, size["product"])) if "product" in size else ""
     print_table(
         f"Training throughput: {size['layers']} layers x {size['units']} units, embedding {size['embedding']}, "
         f"batch {size['batch']}, window {size['window']}, vocab {result['vocab']} "
         f"(median of {size['rounds']} interleaved steps)",
-        ["cell", "step", "chars/s", "ms/step", "range ms", "vs Keras", "vs faster Keras", "compile s", "parameters"],
+        ["cell", "step", "chars/s", "ms/step", "range ms", "vs Keras", "vs faster Keras",
+         *(["vs float32"] if lower else []), "% peak", "compile s", "parameters"],
         rows,
-        "vs Keras: Keras's plain step's seconds / this step's (above 1 = faster than keras.layers.SimpleRNN/GRU/LSTM); "
-        "vs faster Keras: the same against the faster of Keras's plain and XLA steps. "
-        "Keras has no teacher-forcing mode; both chargen modes are compared with its BPTT step.",
+        "vs Keras: Keras's plain step's seconds / this step's, both in the row's precision (above 1 = faster than "
+        "keras.layers.SimpleRNN/GRU/LSTM); vs faster Keras: the same against the faster of Keras's plain and XLA "
+        "steps. Keras has no teacher-forcing mode; both chargen modes are compared with its BPTT step."
+        + (" vs float32: the same step in float32's seconds / this one's." if lower else "")
+        + f"\n% peak: the step's matrix products (6 x batch x window x weight entries) per second, over the rate of "
+          f"one large product ({shape}) in the row's precision, timed in this run: {peak_note}.",
     )
 
 
@@ -152,6 +167,8 @@ def print_generation(result: dict, other: dict | None) -> None:
             f"{ceiling['1']['weight_megabytes']:.1f} MB of float32 weights per step, shapes {ceiling['1']['shapes']}. "
             "Batch 1 is bound by streaming the weights from memory, batch 64 by the products' arithmetic.",
         )
+    if "precision_steps" in result:
+        print_precision_steps(result)
 
     rows = []
     by_name = {}
@@ -168,6 +185,24 @@ def print_generation(result: dict, other: dict | None) -> None:
         ["strategy", "batch 1", "% step", "batch 64", "% step"], rows,
         "beam (default width 4): its own work per generated character with a stub network; "
         "through the real network it also runs width x batch rows per step.",
+    )
+
+
+def print_precision_steps(result: dict) -> None:
+    rows = []
+    for precision, figures in result["precision_steps"].items():
+        for batch, figure in figures.items():
+            target = figure["target"]
+            met = "" if target is None or figure["ratio_to_float32_ceiling"] is None else (
+                "yes" if figure["ratio_to_float32_ceiling"] >= target else "NO")
+            rows.append([f"TensorFlowStepper, {precision}", batch, format_number(figure["chars_per_second"]),
+                         format_number(figure["best_chars_per_second"]), _ratio(figure["ratio_to_float32_ceiling"]),
+                         _ratio(figure["ratio_to_numpy_step"]), "" if target is None else f"{target}x", met])
+    print_table(
+        "Generation step per precision: the TensorFlow engine (`chargen sample --precision ...`)",
+        ["engine", "batch", "chars/s", "best", "vs f32 ceiling", "vs numpy step", "target", "met"], rows,
+        "vs f32 ceiling: over the float32 matrix products' ceiling above (the most a float32 numpy step could do); "
+        "vs numpy step: over NumpyStepper's step alone. target: issue 9's, for lower precision at batch 64.",
     )
 
 
@@ -211,6 +246,17 @@ def print_ten_minutes(result: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+def precision_list(text: str) -> list[str]:
+    """`--precisions float32,bfloat16`: names of chargen's precisions, float32 first and always."""
+    from chargen.config import PRECISIONS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    return ["float32", *dict.fromkeys(name for name in names if name != "float32")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and fewer repeats: a fast check")
@@ -218,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave a section out (repeatable)")
     parser.add_argument("--cells", default="rnn,gru,lstm", help="cells for the training figures, comma-separated")
     parser.add_argument("--layers", type=int, help="recurrent layers for the training figures (default: 2)")
+    parser.add_argument("--precisions", default="float32", type=precision_list,
+                        help="comma-separated, e.g. float32,bfloat16,float16: training and generation rows in each "
+                             "(float32 always runs; default: float32 only)")
     parser.add_argument("--no-other-blas", action="store_true",
                         help=f"do not repeat the generation figures with {BLAS_VARIABLE} toggled")
     parser.add_argument("--output", type=Path, help="JSON file to write (default: bench/results/bench-<time>.json)")
@@ -235,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench import generation_speed
 
         log(f"Generation (BLAS {blas_setting()}) ...")
-        results["generation"] = generation_speed.run(arguments.quick, log=log)
+        results["generation"] = generation_speed.run(arguments.quick, log=log, precisions=arguments.precisions)
         if not arguments.no_other_blas:
             log(f"Generation under the other {BLAS_VARIABLE} setting (child process) ...")
             results["generation_other_blas"] = run_other_blas(arguments.quick)
@@ -245,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
 
         log("Training throughput ...")
         cells = [c.strip() for c in arguments.cells.split(",") if c.strip()]
-        results["training"] = training_speed.run(arguments.quick, cells=cells, layers=arguments.layers, log=log)
+        results["training"] = training_speed.run(arguments.quick, cells=cells, layers=arguments.layers,
+                                                 precisions=arguments.precisions, log=log)
         print_training(results["training"])
     if "quality" not in arguments.skip:
         from bench import quality

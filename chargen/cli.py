@@ -413,9 +413,10 @@ def _parse_strategy(strategy_name: str, option_pairs):
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which saved model of the run.")
 @_click_option(config.OPTIONS["checkpoint_dir"])
-@click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
+@click.option("--precision", type=click.Choice(("auto", *config.PRECISIONS)), default="auto", show_default=True,
               help="Arithmetic of the generation step: float32 is the numpy engine; bfloat16 and float16 run the "
-                   "model in TensorFlow.")
+                   "model in TensorFlow; auto is float32 unless a GPU or the CPU's bfloat16 units make the "
+                   "lower precision measure faster at this batch.")
 def sample(run, strategy, option_pairs, temperature, length, prime, drop_unknown, num_samples, seed, stop, stream,
            output, candidates, which, checkpoint_dir, precision):
     """Generate text from RUN (default: the newest run in --checkpoint-dir)."""
@@ -446,7 +447,14 @@ def sample(run, strategy, option_pairs, temperature, length, prime, drop_unknown
                    err=True)
         request = replace(request, prime=kept)
     _load_tensorflow(click.get_current_context().meta["chargen.debug"])
-    stepper = make_stepper(the_run.load_model(which), precision)
+    model = the_run.load_model(which)
+    if precision == "auto":
+        from chargen.auto_precision import auto_stepper
+
+        stepper, choice = auto_stepper(model, request.num_samples)
+        click.echo(click.style(choice.line, dim=True), err=True)
+    else:
+        stepper = make_stepper(model, precision)
     if candidates:
         for index, row in enumerate(generate_candidates(stepper, vocab, chosen, request)):
             for rank, (text, log_probability) in enumerate(row, 1):
@@ -482,7 +490,8 @@ def sample(run, strategy, option_pairs, temperature, length, prime, drop_unknown
 @_click_option(config.OPTIONS["encoding"])
 @_click_option(config.OPTIONS["encoding_errors"])
 @click.option("--precision", type=click.Choice(tuple(config.PRECISIONS)), default="float32", show_default=True,
-              help="Arithmetic of the scoring (float32 whatever the run trained in, so runs are scored alike).")
+              help="Arithmetic of the scoring (float32 whatever the run trained in or the machine has, so runs "
+                   "are scored alike; there is no auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(run, corpus_paths, which, checkpoint_dir, encoding, encoding_errors, precision, as_json):
     """Bits per character and perplexity of RUN's model on CORPUS."""
