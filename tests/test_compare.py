@@ -22,19 +22,43 @@ def test_the_grid_gives_gated_cells_their_own_activation_only():
         ("lstm", "tanh", 5), ("lstm", "tanh", 20)]
 
 
-def test_the_recalled_key_bits_are_the_bits_on_each_character_after_a_cue():
+def _small_source_and_model():
     source = synthetic.recall_source(3, compare.NUM_KEYS, compare.FILLER_SIZE, 7 * 12, seed=0, cue=True)
     vocab = Vocabulary.from_text(source.text)
-    ids, cue = vocab.encode(source.text), vocab.encode(synthetic.RECALL_CUE)[0]
     model = CharModel(len(vocab), cell="gru", num_layers=1, units=4, embedding_dim=3)
     model.build()
-    # By hand: one stream from the zero state, -log2 p(target) where the input is the cue.
-    logits = np.asarray(model(ids[None, :-1])[0], np.float64)[0]  # (n - 1, vocab)
+    return vocab.encode(source.text), vocab.encode(synthetic.RECALL_CUE)[0], vocab, model
+
+
+def _bits_after_cues(model, inputs, targets, cue, skip):
+    """By hand: the bits, -log2 p(target), on each target after a cue, reading `inputs` as one stream from the zero
+    state and leaving out the cues at positions below `skip`."""
+    logits = np.asarray(model(inputs[None])[0], np.float64)[0]  # (n, vocab)
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    after_cue = np.flatnonzero(ids[:-1] == cue)
-    assert len(after_cue) == 12 and set(ids[after_cue + 1]) <= set(vocab.encode("ABCD"))
-    expected = -log_p[after_cue, ids[after_cue + 1]].mean() / math.log(2)
-    assert compare.recalled_key_bits(model, ids, cue, seq_len=16, batch_size=1) == pytest.approx(expected, rel=1e-5)
+    after_cue = np.flatnonzero(inputs == cue)
+    after_cue = after_cue[after_cue >= skip]
+    return list(-log_p[after_cue, targets[after_cue]] / math.log(2))
+
+
+def test_the_recalled_key_bits_are_the_bits_on_each_character_after_a_cue():
+    ids, cue, vocab, model = _small_source_and_model()
+    bits = _bits_after_cues(model, ids[:-1], ids[1:], cue, skip=0)
+    assert len(bits) == 12 and set(ids[np.flatnonzero(ids[:-1] == cue) + 1]) <= set(vocab.encode("ABCD"))
+    assert compare.recalled_key_bits(model, ids, cue, 3, seq_len=16, batch_size=1) == pytest.approx(np.mean(bits),
+                                                                                                    rel=1e-5)
+
+
+def test_a_recall_whose_key_came_before_its_stream_is_left_out():
+    # 84 characters of records of 7 (cues at 4, 11, 18, ...), 83 predictions in 5 streams of 17, 17, 17, 16 and 16
+    # characters starting at 0, 17, 34, 51 and 67. The cues at 18, 53 and 67 sit fewer than lag + 1 = 4 characters
+    # into their stream, after a key the stream never read: 9 of the 12 recalls count.
+    ids, cue, _, model = _small_source_and_model()
+    streams = list(zip((0, 17, 34, 51, 67), (17, 17, 17, 16, 16)))
+    bits = [b for start, length in streams
+            for b in _bits_after_cues(model, ids[start:start + length], ids[start + 1:start + length + 1], cue, 4)]
+    assert len(bits) == 9
+    assert compare.recalled_key_bits(model, ids, cue, 3, seq_len=8, batch_size=5) == pytest.approx(np.mean(bits),
+                                                                                                   rel=1e-5)
 
 
 @pytest.mark.slow
