@@ -26,6 +26,7 @@ section (4 GB; 0.2 GB with --quick; `--skip big-corpus` leaves it out). Prints a
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import pty
@@ -33,15 +34,19 @@ import re
 import resource
 import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
 BLOCK_BYTES = 64 << 20  # the paragraphs are shuffled afresh for each block this size
 POLL_SECONDS = 0.02
 AGAIN_STEPS = 5  # the second training run: only its first step is measured
-TRAIN_MARKS = {"model_built": r"using the encoded cache", "first_step": r"(?m)\b1/\d+|^step \d+:"}
+TERMINAL_SIZE = (40, 120)  # rows, columns
+# The first step is the progress bar's "1/N"; the first "step N:" line would come only at the first evaluation.
+TRAIN_MARKS = {"model_built": r"using the encoded cache", "first_step": r"\b1/\d+"}
 DEFAULT_FOLDER = Path("/tmp/chargen-big-corpus")
 
 
@@ -64,6 +69,8 @@ def watch(command: list[str], env: dict, terminal: bool = False, marks: dict[str
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if terminal:
         leader, follower = pty.openpty()
+        # A new terminal is 0 columns wide, and a progress bar sized to it (tqdm's dynamic_ncols) draws nothing.
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", *TERMINAL_SIZE, 0, 0))
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
         os.close(follower)
         reader = leader
