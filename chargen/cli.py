@@ -220,6 +220,10 @@ def train(ctx, corpus_paths, run_name, checkpoint_dir, resume, init_from, init_c
     if not resume and not init_from:  # a bad option or a model beyond memory fails before TensorFlow loads
         budget.check_training(config.TrainingConfig(**options), len(text_corpus.vocab))
     budget.check_generation(preview_length, 1)
+    if xla and "tensorflow" not in sys.modules:  # TensorFlow reads its XLA flags once, so before it loads
+        from chargen import compile_cache
+
+        compile_cache.enable()
     _load_tensorflow(ctx.meta["chargen.debug"])
     from chargen import distribution, sessions
     from chargen.reporting import Preview, ProgressBar
