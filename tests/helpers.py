@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import re
+import shutil
 import threading
 import time
 from html.parser import HTMLParser
@@ -43,6 +45,27 @@ def signal_after_first_snapshot(run: Path, signum: int) -> threading.Thread:
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
     return sender
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """A folder that `make(folder)` fills once per test session, however many pytest-xdist workers ask for it.
+
+    A module-scoped fixture runs again in every worker that receives one of its tests, and `--dist worksteal`
+    scatters a module's tests; a fixture that trains or exports for many seconds shares its folder instead.
+    The first worker makes it under a lock; the others wait, then read what it left. `make` writes files only.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder the workers of one run share
+    folder, finished = root / f"made-once-{name}", root / f"made-once-{name}.finished"
+    with open(root / f"made-once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not finished.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            finished.touch()
+    return folder
 
 
 def run_cli(*args, **kwargs):

@@ -22,7 +22,7 @@ import pytest
 from chargen.distribution import cluster_task, parse_devices
 from chargen.errors import ChargenError
 
-from helpers import TINY, assert_user_error, run_cli, write_corpus
+from helpers import TINY, assert_user_error, made_once, run_cli, write_corpus
 
 TESTS = Path(__file__).parent
 # Two replicas add the halves of a sum that one device adds at once: float32 rounding, amplified a little by
@@ -107,11 +107,10 @@ def test_devices_beyond_what_tensorflow_sees_is_one_line(tmp_path):
 TWO_DEVICE_RUN = [*TINY, "--stateful", "--devices", "2", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def two_cpu_devices(tmp_path_factory):
+def _train_on_two_cpu_devices(folder: Path) -> None:
     """One process with the CPU split in two: every case trained 3 steps on one device and on two replicas,
-    then `chargen train --devices 2` run twice, once with a batch the replicas cannot share."""
-    folder = tmp_path_factory.mktemp("two-devices")
+    then `chargen train --devices 2` run twice, once with a batch the replicas cannot share. Its JSON lines
+    are left in `folder`/results.jsonl."""
     corpus = write_corpus(folder / "words.txt")
     train = ["train", str(corpus), *TWO_DEVICE_RUN, "--checkpoint-dir", str(folder)]
     job = {"cases": CASES, "commands": [[*train, "--run-name", "two"],
@@ -119,7 +118,14 @@ def two_cpu_devices(tmp_path_factory):
     completed = subprocess.run([sys.executable, str(TESTS / "two_cpu_devices.py"), json.dumps(job)],
                                capture_output=True, text=True, env=child_environment(), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    (folder / "results.jsonl").write_text(completed.stdout, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def two_cpu_devices(tmp_path_factory):
+    """What `_train_on_two_cpu_devices` reported (made once for all workers: it takes tens of seconds)."""
+    folder = made_once(tmp_path_factory, "two-cpu-devices", _train_on_two_cpu_devices)
+    lines = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
     return {"comparisons": lines[:len(CASES)], "commands": lines[len(CASES):], "folder": folder}
 
 

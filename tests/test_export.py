@@ -21,7 +21,7 @@ from chargen.generation import NumpyStepper, start_ids  # noqa: E402
 from chargen.model import CharModel  # noqa: E402
 from chargen.vocab import Vocabulary  # noqa: E402
 
-from helpers import assert_user_error, run_cli  # noqa: E402
+from helpers import assert_user_error, made_once, run_cli  # noqa: E402
 
 VOCAB = Vocabulary.from_text("abcdefgh é\n")  # a character beyond ASCII: the graph splits and joins UTF-8
 # Every cell, stacked models, the GRU with its extra recurrent bias, and a mixed-precision run (exported in float32).
@@ -122,27 +122,38 @@ def _reference_text(stepper: NumpyStepper, prime: str, length: int, temperature:
     return VOCAB.decode(drawn)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Every case exported, then loaded and run in one fresh process (one TensorFlow import for all)."""
-    folder = tmp_path_factory.mktemp("export")
+def _export_and_load(folder: Path) -> None:
+    """Every case exported, then loaded and run in one fresh process (one TensorFlow import for all); the
+    request and what the process reported are left in `folder`."""
     rng = np.random.default_rng(0)
-    cases, steppers, references = {}, {}, {}
+    cases = {}
     for seed, (name, architecture) in enumerate(CASES.items()):
         run = _make_run(folder, name, seed, **architecture)
         result = export_run(run, folder / "exports" / name, fmt="litert")
-        ids = {str(batch): rng.integers(0, len(VOCAB), size=(STEPS, batch)) for batch in BATCHES}
-        steppers[name] = NumpyStepper(run.load_model())
-        references[name] = {batch: _reference_logits(steppers[name], batch_ids) for batch, batch_ids in ids.items()}
-        cases[name] = {"path": str(result.path), "litert": str(result.litert),
-                       "ids": {batch: batch_ids.tolist() for batch, batch_ids in ids.items()}}
+        ids = {str(batch): rng.integers(0, len(VOCAB), size=(STEPS, batch)).tolist() for batch in BATCHES}
+        cases[name] = {"path": str(result.path), "litert": str(result.litert), "ids": ids}
     request = {"cases": cases, "generate": GENERATE, "arrays": str(folder / "arrays.npz")}
+    (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
     completed = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_CHARGEN, json.dumps(request)],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    (folder / "report.json").write_text(completed.stdout, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The exports' report and arrays (made once for all workers), and chargen's own engine on each run."""
+    folder = made_once(tmp_path_factory, "export", _export_and_load)
+    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
     with np.load(folder / "arrays.npz") as arrays:
         loaded = dict(arrays)
-    return {"report": json.loads(completed.stdout), "arrays": loaded, "references": references, "steppers": steppers}
+    steppers, references = {}, {}
+    for name, case in request["cases"].items():
+        steppers[name] = NumpyStepper(Run(folder / name).load_model())
+        references[name] = {batch: _reference_logits(steppers[name], np.array(batch_ids))
+                            for batch, batch_ids in case["ids"].items()}
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return {"report": report, "arrays": loaded, "references": references, "steppers": steppers}
 
 
 @pytest.mark.slow  # the fixture exports three runs and loads them in a fresh TensorFlow process

@@ -179,7 +179,8 @@ def test_a_run_fine_tuned_on_a_new_source_reaches_its_floor_faster_than_a_fresh_
     model = ["--cell", "gru", "--units", "48", "--layers", "1", "--embedding-dim", "8"]
     training = ["--seq-len", "24", "--batch-size", "32", "--learning-rate", "0.01", "--lr-schedule", "constant",
                 "--eval-every", "0", "--quiet", "--no-xla", "--no-histograms", "--checkpoint-dir", tmp_path / "runs"]
-    parent = run_cli("train", first_path, *model, *training, "--steps", "400", "--run-name", "parent")
+    # 200 steps: measured, the child's distance to the floor is 0.39 of the fresh run's (0.36 after 400 steps)
+    parent = run_cli("train", first_path, *model, *training, "--steps", "200", "--run-name", "parent")
     assert parent.exit_code == 0, parent.output
 
     def bits_after(steps, *start):
