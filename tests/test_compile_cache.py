@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chargen import compile_cache
+
 from helpers import TINY, write_corpus
 
 FLAG = "--tf_xla_persistent_cache_directory"
