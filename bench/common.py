@@ -49,13 +49,9 @@ def load_average() -> list[float] | None:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from chargen.cpuinfo import first_cpu_fields
+
+    return first_cpu_fields().get("model name") or platform.processor() or "unknown"
 
 
 def blas_setting() -> str:

@@ -21,10 +21,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from chargen.cpuinfo import feature_flags
 from chargen.generation import make_stepper
 
 BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names for bfloat16 matrix / vector units
@@ -43,7 +43,7 @@ class Hardware:
         """This machine's facts; no flags where /proc/cpuinfo is absent (then only a GPU counts)."""
         import tensorflow as tf
 
-        return cls(cpu_flags=cpu_flags(), gpus=len(tf.config.list_physical_devices("GPU")))
+        return cls(cpu_flags=feature_flags(), gpus=len(tf.config.list_physical_devices("GPU")))
 
     def candidate(self) -> tuple[str, str] | None:
         """The lower precision worth timing against float32 here, and the fact that makes it so; or None."""
@@ -51,19 +51,6 @@ class Hardware:
             return "float16", f"{self.gpus} GPU(s) seen by TensorFlow"
         units = [flag for flag in BFLOAT16_CPU_FLAGS if flag in self.cpu_flags]
         return ("bfloat16", f"this CPU has {' and '.join(units)}") if units else None
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first processor's feature flags (x86: `flags`; ARM: `Features`), empty when unreadable."""
-    try:
-        lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return frozenset()
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from chargen import encoded
+from chargen import cpuinfo, encoded
 
 SUBFOLDER = "compiled"  # inside the cache folder, `encoded.cache_folder()`
 FLAGS_VARIABLE = "TF_XLA_FLAGS"
@@ -41,15 +41,9 @@ MINIMUM_FREE_BYTES = 256 << 20  # an entry of the default model takes about 1 MB
 
 def machine_description() -> str:
     """This machine's architecture and CPU model and features, as far as the system tells them."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-            first_cpu = file.read().split("\n\n")[0]
-        fields = {name.strip(): value.strip() for name, _, value in
-                  (line.partition(":") for line in first_cpu.splitlines())}
-        cpu = " ".join(fields.get(name, "") for name in ("model name", "flags", "Features"))
-    except OSError:  # not Linux: the processor's name is all there is
-        pass
+    fields = cpuinfo.first_cpu_fields()
+    cpu = " ".join(fields.get(name, "") for name in ("model name", "flags", "Features")) if fields \
+        else platform.processor()  # not Linux: the processor's name is all there is
     return f"{platform.machine()} {cpu}"
 
 

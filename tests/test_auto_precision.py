@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chargen import auto_precision
-from chargen.auto_precision import Hardware, choose_precision, cpu_flags
+from chargen.auto_precision import Hardware, choose_precision
+from chargen.cpuinfo import feature_flags
 from chargen.generation import NumpyStepper, TensorFlowStepper
 
 from helpers import run_cli
@@ -62,8 +63,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n\n"
                        "processor\t: 1\nflags\t\t: fpu\n", encoding="utf-8")
-    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_bf16"}
-    assert cpu_flags(tmp_path / "absent") == frozenset()
+    assert feature_flags(cpuinfo) == {"fpu", "avx2", "amx_bf16"}
+    assert feature_flags(tmp_path / "absent") == frozenset()
 
 
 def _sample(trained, *options):
